@@ -1,0 +1,380 @@
+/*
+ * shadow.h - the public interface of libshadow, the ShadowServe library.
+ *
+ * ShadowServe fetches compressed KV-cache chunks of shared prompt prefixes from a store,
+ * decodes them off the serving engine's GPU and CPU, and copies them into the engine's paged
+ * KV memory. This header is the contract for everything the library exports: KV geometry and
+ * paged layouts, chunk keys, status codes and logging. (The codec, store and pipeline sections
+ * arrive with their subsystems.)
+ *
+ * Conventions, for every function below unless it says otherwise:
+ *  - Functions that can fail return 0 on success or a negative status code: either -errno
+ *    (e.g. -EINVAL for a bad argument, -ENOMEM) or one of the SHADOW_E* codes below.
+ *    shadow_strerror() turns any of them into text.
+ *  - Pointer arguments must not be NULL unless the description says NULL is accepted.
+ *  - Output arguments come last and end in _ret; they are written only on success.
+ *  - Sizes are named with their unit: _nbytes, _tokens.
+ *  - Functions are thread-safe: they keep no hidden state, except where noted (logging setup).
+ *  - Nothing here aborts the process on bad input or on a runtime failure.
+ */
+#ifndef SHADOW_SHADOW_H
+#define SHADOW_SHADOW_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(SHADOW_BUILDING_LIB)
+#define SHADOW_API __attribute__((visibility("default")))
+#else
+#define SHADOW_API
+#endif
+
+#define SHADOW_VERSION_MAJOR 0
+#define SHADOW_VERSION_MINOR 1
+#define SHADOW_VERSION_PATCH 0
+
+/* The library's version as "MAJOR.MINOR.PATCH". The string is static. */
+SHADOW_API const char *shadow_version(void);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Status codes                                                                               */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * Project status codes. They live below -10000 so they never collide with -errno values,
+ * which the library passes through unchanged (-EINVAL, -ENOMEM, -ETIMEDOUT, ...).
+ */
+enum shadow_status {
+	SHADOW_OK = 0,
+	SHADOW_ECORRUPT = -10001,     /* data failed a checksum or a structural check */
+	SHADOW_ETRUNCATED = -10002,   /* input ended before the structure it describes */
+	SHADOW_EVERSION = -10003,     /* unknown format or protocol version */
+	SHADOW_EGEOMETRY = -10004,    /* KV geometry or layout invalid, or not the expected one */
+	SHADOW_EKEYMISMATCH = -10005, /* a chunk was stored under another key */
+	SHADOW_EMISS = -10006,        /* the key is not in the store */
+	SHADOW_ENOGPU = -10007,       /* no CUDA module, no driver, or no GPU */
+	SHADOW_ECUDA = -10008,        /* a CUDA call failed (the log says which) */
+	SHADOW_EPROTO = -10009,       /* a peer broke the protocol */
+	SHADOW_EUNSUPPORTED = -10010, /* well-formed, but not supported by this build */
+	SHADOW_ELIMIT = -10011,       /* a configured limit would be exceeded */
+	SHADOW_ECODEC = -10012,       /* a compression library failed (the log says which) */
+	SHADOW_EUNKNOWN_NAME = -10013 /* a name (preset, scheme, URL scheme) is not known */
+};
+
+/*
+ * Text for a status code: 0, any -errno value, or a SHADOW_E* code. Never returns NULL; an
+ * unknown code gives "unknown error". The returned string is static and thread-safe to use.
+ */
+SHADOW_API const char *shadow_strerror(int status);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Logging                                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+enum shadow_log_level {
+	SHADOW_LOG_ERROR = 0,
+	SHADOW_LOG_WARN = 1,
+	SHADOW_LOG_INFO = 2,
+	SHADOW_LOG_DEBUG = 3
+};
+
+/*
+ * Messages at or below `level` are emitted (default SHADOW_LOG_WARN, or the SHADOW_LOG_LEVEL
+ * environment variable: error, warn, info or debug). May be called from any thread at any
+ * time; takes effect for messages logged after it returns.
+ */
+SHADOW_API void shadow_log_set_level(enum shadow_log_level level);
+SHADOW_API enum shadow_log_level shadow_log_get_level(void);
+
+/*
+ * Where log lines go. `fn` receives one complete line without a trailing newline; it may be
+ * called from any library thread, concurrently, so it must be thread-safe. NULL restores the
+ * default (stderr, one write(2) per line). `ctx` is passed through. Set this before starting
+ * threads that log; it is not synchronised against concurrent logging.
+ */
+typedef void (*shadow_log_fn)(void *ctx, enum shadow_log_level level, const char *line);
+SHADOW_API void shadow_log_set_handler(shadow_log_fn fn, void *ctx);
+
+/* ------------------------------------------------------------------------------------------ */
+/* KV geometry                                                                                */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Element types of a KV cache. The numeric values are part of the key scheme and formats. */
+enum shadow_dtype {
+	SHADOW_DTYPE_BF16 = 1,
+	SHADOW_DTYPE_FP16 = 2,
+	SHADOW_DTYPE_FP32 = 3,
+	SHADOW_DTYPE_FP8_E4M3 = 4
+};
+
+#define SHADOW_MAX_LAYERS 256u
+#define SHADOW_MAX_KV_HEADS 256u
+#define SHADOW_MAX_HEAD_DIM 1024u
+#define SHADOW_MAX_BLOCK_TOKENS 4096u
+#define SHADOW_MAX_CHUNK_TOKENS 65536u
+#define SHADOW_DEFAULT_CHUNK_TOKENS 256u
+
+/*
+ * The shape of a model's KV cache. A "frame" is one layer's K or V for all tokens of one
+ * chunk: chunk_tokens x n_kv_heads x head_dim elements.
+ */
+struct shadow_kv_geometry {
+	uint32_t n_layers;     /* 1 .. SHADOW_MAX_LAYERS */
+	uint32_t n_kv_heads;   /* 1 .. SHADOW_MAX_KV_HEADS */
+	uint32_t head_dim;     /* 1 .. SHADOW_MAX_HEAD_DIM */
+	uint32_t dtype;        /* enum shadow_dtype */
+	uint32_t block_tokens; /* tokens per paged-cache block, 1 .. SHADOW_MAX_BLOCK_TOKENS */
+	uint32_t chunk_tokens; /* tokens per chunk, a multiple of block_tokens, <= 65536 */
+};
+
+/* Size in bytes of one element of `dtype`, or 0 if `dtype` is not a known enum shadow_dtype. */
+SHADOW_API size_t shadow_dtype_nbytes(uint32_t dtype);
+
+/* "bf16", "fp16", "fp32", "fp8_e4m3", or NULL for an unknown dtype. Static string. */
+SHADOW_API const char *shadow_dtype_name(uint32_t dtype);
+
+/*
+ * Fill *geom_ret with a named preset: "llama3-8b", "llama3-70b", "mistral-7b", "qwen2.5-7b",
+ * "minillama-h128" (the model behind the shared real KV dumps). Presets use bf16, 16-token
+ * blocks and SHADOW_DEFAULT_CHUNK_TOKENS-token chunks; callers may change those fields after.
+ * Returns 0, or SHADOW_EUNKNOWN_NAME.
+ */
+SHADOW_API int shadow_geometry_preset(const char *name, struct shadow_kv_geometry *geom_ret);
+
+/*
+ * The names of the presets, for listing: *names_ret points to a static array of *count_ret
+ * static strings.
+ */
+SHADOW_API void shadow_geometry_preset_names(const char *const **names_ret, size_t *count_ret);
+
+/*
+ * 0 if every field is in range and chunk_tokens is a multiple of block_tokens, else
+ * SHADOW_EGEOMETRY. Every function taking a geometry validates it.
+ */
+SHADOW_API int shadow_geometry_validate(const struct shadow_kv_geometry *geom);
+
+/* Bytes of one frame (chunk_tokens x n_kv_heads x head_dim elements); 0 if geom is invalid. */
+SHADOW_API uint64_t shadow_geometry_frame_nbytes(const struct shadow_kv_geometry *geom);
+
+/* Bytes of the KV of one token over all layers, K and V; 0 if geom is invalid. */
+SHADOW_API uint64_t shadow_geometry_token_nbytes(const struct shadow_kv_geometry *geom);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Paged KV layout                                                                            */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * Where each element of a paged KV cache lives inside one memory region (a GPU allocation
+ * exported by the engine, or shared host memory). All addresses are byte offsets from the
+ * start of the region, so a descriptor means the same thing in every process that maps it.
+ *
+ * The element (layer l, kind kv, block b, token-in-block t, head h, element d) is at
+ *
+ *     base[l][kv] + b * block_stride + t * token_stride + h * head_stride + d * elem_stride
+ *
+ * which covers vLLM-style NHD ([block][token][head][dim]) and HND ([block][head][token][dim])
+ * caches, one tensor per layer with K and V apart or together, and one cross-layer tensor
+ * ([block][layer][kv][...]) whose per-layer bases differ by a fixed step. Strides are signed
+ * only so that arithmetic on them is natural; a valid layout has all strides > 0.
+ */
+enum shadow_kv_kind { SHADOW_KV_K = 0, SHADOW_KV_V = 1 };
+
+struct shadow_kv_layout {
+	uint64_t region_nbytes; /* size of the region; every element must lie inside it */
+	uint32_t n_layers;      /* must equal the geometry's n_layers */
+	uint32_t n_blocks;      /* blocks in the cache: valid block ids are 0 .. n_blocks-1 */
+	int64_t block_stride;   /* bytes between consecutive blocks */
+	int64_t token_stride;   /* bytes between consecutive tokens of a block */
+	int64_t head_stride;    /* bytes between consecutive KV heads */
+	int64_t elem_stride;    /* bytes between elements of a head; must equal the dtype size */
+	uint64_t base[SHADOW_MAX_LAYERS][2]; /* [layer][SHADOW_KV_K or SHADOW_KV_V]; entries
+					      * for layers >= n_layers are ignored */
+};
+
+/* Standard layouts that shadow_layout_init() builds. */
+enum shadow_layout_kind {
+	/* one tensor per layer, [2][n_blocks][block_tokens][n_kv_heads][head_dim] (vLLM
+	 * flash-attn); layer l's tensor starts at l * its size */
+	SHADOW_LAYOUT_NHD = 1,
+	/* one tensor per layer, [2][n_blocks][n_kv_heads][block_tokens][head_dim] */
+	SHADOW_LAYOUT_HND = 2,
+	/* one tensor for all layers, [n_blocks][n_layers][2][block_tokens][n_kv_heads][head_dim]:
+	 * one block holds every layer's K and V for its tokens */
+	SHADOW_LAYOUT_CROSS_LAYER_NHD = 3
+};
+
+/*
+ * Build a standard layout for `n_blocks` blocks of `geom` in a region of `region_nbytes` bytes,
+ * the cache starting at offset `region_offset` of it (docs/layout.md draws all three). Returns
+ * 0, SHADOW_EGEOMETRY if geom is invalid or the cache does not fit in the region (or does not
+ * end below 2^63), -EINVAL for an unknown kind or n_blocks 0. The result passes
+ * shadow_layout_validate().
+ */
+SHADOW_API int shadow_layout_init(struct shadow_kv_layout *layout_ret,
+				  const struct shadow_kv_geometry *geom,
+				  enum shadow_layout_kind kind, uint32_t n_blocks,
+				  uint64_t region_offset, uint64_t region_nbytes);
+
+/*
+ * Check a layout against a geometry: n_layers matches, n_blocks >= 1, strides are positive,
+ * elem_stride is the dtype size, every element of every block lies inside the region and below
+ * 2^63 (computed without overflow), and within one (layer, kind) no two head vectors overlap:
+ * inside a block the vectors nest token-major (head_stride <= token_stride) or head-major, the
+ * inner stride is at least one head vector and the outer stride at least one row of them, and
+ * block_stride is at least a block's span (a dimension of extent 1 puts no limit on its stride).
+ * Vectors of different layers or kinds may still overlap; that is the client's business.
+ * Layouts come from clients, so the daemon calls this before trusting one; it is safe on any
+ * input. Returns 0 or SHADOW_EGEOMETRY (also for a NULL layout or an invalid geometry).
+ */
+SHADOW_API int shadow_layout_validate(const struct shadow_kv_layout *layout,
+				      const struct shadow_kv_geometry *geom);
+
+/*
+ * Byte offset in the region of element 0 of head `head` of token `token_in_block` of block
+ * `block` for (layer, kind). The layout must have passed shadow_layout_validate(); returns
+ * -EINVAL (as int64_t) if any index is out of range or geom is invalid.
+ */
+SHADOW_API int64_t shadow_layout_offset(const struct shadow_kv_layout *layout,
+					const struct shadow_kv_geometry *geom, uint32_t layer,
+					enum shadow_kv_kind kind, uint32_t block,
+					uint32_t token_in_block, uint32_t head);
+
+/*
+ * The copy plan of one frame.
+ *
+ * The data plane decodes a frame (one layer's K or V of one chunk) into a staging buffer
+ * whose bytes are arranged exactly as the destination wants them, then copies that buffer
+ * into the region with a few large copies ("runs"). The staging image is the concatenation,
+ * in block-table order, of each block's head vectors in the order of increasing address in
+ * the region (the block-internal order of shadow_layout_validate), with the gaps between them
+ * squeezed out: block i of the table fills bytes [i * B, (i + 1) * B) of the image, B =
+ * block_tokens * n_kv_heads * head_dim * element size. Where a block's vectors for
+ * (layer, kind) are contiguous in the region (NHD, HND and cross-layer caches all are), one
+ * block is one run; otherwise a run is a maximal group of adjacent vectors. Consecutive runs
+ * that are adjacent in the region too are merged into one. The runs are in image order and
+ * cover the image exactly once; the plan depends only on its arguments.
+ *
+ * shadow_layout_stage_offset() says where the head vector (token, head) of a frame lies in
+ * the staging image, so that the dequantizer writes it there directly.
+ */
+struct shadow_copy_run {
+	uint64_t src_offset; /* offset in the staging image */
+	uint64_t dst_offset; /* offset in the region */
+	uint64_t nbytes;
+};
+
+/*
+ * Plan the copy of frame (layer, kind) of a chunk whose tokens live in the blocks
+ * `block_ids[0 .. n_block_ids-1]` (n_block_ids must equal chunk_tokens / block_tokens of the
+ * geometry, each id < n_blocks). Writes at most `max_runs` runs into `runs_ret` and their
+ * count into *n_runs_ret. The layout must have passed shadow_layout_validate() against geom.
+ * runs_ret may be NULL when max_runs is 0 (to ask for the count). Allocates nothing; the work
+ * is proportional to n_block_ids plus the number of runs. A block id may repeat (that block
+ * is then copied twice).
+ *
+ * Returns 0; SHADOW_EGEOMETRY if geom is invalid; -EINVAL for an out-of-range argument or
+ * block id; -ENOBUFS if more than max_runs runs are needed (*n_runs_ret then holds the number
+ * needed and runs_ret[0 .. max_runs-1] are unspecified). A chunk never needs more than
+ * n_block_ids * block_tokens * n_kv_heads runs.
+ */
+SHADOW_API int shadow_layout_plan_frame(const struct shadow_kv_layout *layout,
+					const struct shadow_kv_geometry *geom, uint32_t layer,
+					enum shadow_kv_kind kind, const uint32_t *block_ids,
+					uint32_t n_block_ids, struct shadow_copy_run *runs_ret,
+					size_t max_runs, size_t *n_runs_ret);
+
+/*
+ * Offset in the staging image of a frame (see shadow_layout_plan_frame) of element 0 of
+ * (token_in_chunk, head); element d of that head vector follows at d * element size. That is
+ * (token_in_chunk / block_tokens) * B + rank * head_dim * element size, where rank is
+ * t * n_kv_heads + head for a token-major block and head * block_tokens + t for a head-major
+ * one (t = token_in_chunk % block_tokens). Depends only on the layout's strides and the
+ * geometry, not on block ids or the layer, so one table serves every frame of a registered
+ * region. Returns -EINVAL (as int64_t) if an index is out of range, geom is invalid or a
+ * stride is not positive.
+ */
+SHADOW_API int64_t shadow_layout_stage_offset(const struct shadow_kv_layout *layout,
+					      const struct shadow_kv_geometry *geom,
+					      uint32_t token_in_chunk, uint32_t head);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Chunk keys (docs/keys.md is the specification)                                             */
+/* ------------------------------------------------------------------------------------------ */
+
+#define SHADOW_KEY_NBYTES 32u
+/* Longest store key prefix accepted, and the printable store key size including the NUL. */
+#define SHADOW_KEY_PREFIX_MAX 64u
+#define SHADOW_STORE_KEY_MAX (SHADOW_KEY_PREFIX_MAX + 1u + 2u * SHADOW_KEY_NBYTES + 1u)
+#define SHADOW_DEFAULT_KEY_PREFIX "shadow:v1"
+
+struct shadow_chunk_key {
+	uint8_t bytes[SHADOW_KEY_NBYTES]; /* a SHA-256 digest */
+};
+
+/*
+ * The namespace key, key_{-1} = SHA-256 of the namespace record (docs/keys.md): it binds the
+ * model id (1 .. 255 bytes of UTF-8, no NUL), the geometry's n_layers, n_kv_heads, head_dim,
+ * dtype and chunk_tokens (not block_tokens: the paged layout does not change the data) and an
+ * optional tenant salt (`salt` may be NULL when salt_nbytes is 0; at most 255 bytes).
+ * Returns 0, -EINVAL for a bad model id (empty, too long, not well-formed UTF-8) or salt,
+ * SHADOW_EGEOMETRY for a bad geometry, -ENOMEM if OpenSSL fails.
+ */
+SHADOW_API int shadow_key_namespace(const char *model_id, const struct shadow_kv_geometry *geom,
+				    const void *salt, size_t salt_nbytes,
+				    struct shadow_chunk_key *ns_ret);
+
+/*
+ * Chained chunk keys over a token sequence: key_i = SHA-256(key_{i-1} || tokens of chunk i as
+ * uint32 little-endian), key_{-1} = *ns. Only full chunks get keys: the number of keys is
+ * floor(n_tokens / chunk_tokens), capped at max_keys (keys_ret may be NULL when max_keys is 0).
+ * *n_keys_ret receives the number written. `tokens` may be NULL when no key is asked for.
+ * chunk_tokens should be the one the namespace was made with; nothing can check that here.
+ * Returns 0, -EINVAL (chunk_tokens 0 or above SHADOW_MAX_CHUNK_TOKENS), or -ENOMEM if OpenSSL
+ * fails (keys_ret is then partly written).
+ */
+SHADOW_API int shadow_key_chain(const struct shadow_chunk_key *ns, const uint32_t *tokens,
+				size_t n_tokens, uint32_t chunk_tokens,
+				struct shadow_chunk_key *keys_ret, size_t max_keys,
+				size_t *n_keys_ret);
+
+/*
+ * The printable store key "<prefix>:<64 lowercase hex digits>" into buf (NUL-terminated).
+ * prefix may be NULL for SHADOW_DEFAULT_KEY_PREFIX; it must be 1 .. SHADOW_KEY_PREFIX_MAX
+ * printable ASCII characters other than space. Returns the key's length (without the NUL),
+ * -EINVAL for a bad prefix, or -ENOBUFS if buf_nbytes is too small (SHADOW_STORE_KEY_MAX is
+ * always enough).
+ */
+SHADOW_API int shadow_key_format(const struct shadow_chunk_key *key, const char *prefix,
+				 char *buf, size_t buf_nbytes);
+
+/*
+ * Parse a store key written by shadow_key_format() with the same prefix (NULL for the
+ * default): exactly "<prefix>:" then 64 lowercase hex digits then the NUL. Returns 0, or
+ * -EINVAL if `text` is not such a key (uppercase hex included: a store key has one spelling)
+ * or the prefix is invalid.
+ */
+SHADOW_API int shadow_key_parse(const char *text, const char *prefix,
+				struct shadow_chunk_key *key_ret);
+
+/* ------------------------------------------------------------------------------------------ */
+/* GPU module                                                                                 */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * Whether the CUDA module can be used: it loads libshadow_cuda.so (from SHADOW_CUDA_MODULE if
+ * set, else beside libshadow, else the install libdir), which links the CUDA runtime, and asks
+ * it how many GPUs the driver reports. On success *n_devices_ret is >= 1. Returns 0;
+ * SHADOW_ENOGPU if the module, the driver or a GPU is missing (the log at INFO says which).
+ * Loads once per process; thread-safe.
+ */
+SHADOW_API int shadow_gpu_probe(int *n_devices_ret);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SHADOW_SHADOW_H */

@@ -1,0 +1,240 @@
+/*
+ * shadowctl - ShadowServe's operator CLI.
+ *
+ *   shadowctl geometry [PRESET]                 presets and their per-chunk sizes
+ *   shadowctl keys [options] TOKENS.u32         chunk keys of a token file (docs/keys.md)
+ *   shadowctl cpu                               CPU features the data plane will use
+ *   shadowctl gpu                               whether the CUDA module and a GPU are usable
+ *   shadowctl demo                              the end-to-end demo (`make demo`)
+ *
+ * Exit status: 0 on success, 1 on a runtime failure, 2 on a usage error.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <shadow/shadow.h>
+
+#include "core/cpu.h"
+#include "shadowctl.h"
+
+static int usage(FILE *out)
+{
+	fprintf(out,
+		"usage: shadowctl COMMAND [ARGS]\n"
+		"  geometry [PRESET]                 list presets, or describe one\n"
+		"  keys [--preset P] [--model ID] [--salt S] [--prefix P] [--chunk N] TOKENS.u32\n"
+		"                                    print the chunk keys of a token file\n"
+		"  cpu                               CPU features used by the codecs\n"
+		"  gpu                               probe the CUDA module and GPUs\n"
+		"  demo                              run the end-to-end demo\n");
+	return out == stderr ? 2 : 0;
+}
+
+static void print_geometry(const char *name, const struct shadow_kv_geometry *g)
+{
+	uint64_t frame = shadow_geometry_frame_nbytes(g);
+	uint64_t token = shadow_geometry_token_nbytes(g);
+	printf("%-16s layers %3u  kv_heads %2u  head_dim %4u  %-5s  block %3u  chunk %4u  "
+	       "%6.1f KiB/token  %7.1f MiB/chunk  %6.1f KiB/frame\n",
+	       name, g->n_layers, g->n_kv_heads, g->head_dim, shadow_dtype_name(g->dtype),
+	       g->block_tokens, g->chunk_tokens, token / 1024.0,
+	       (double)token * g->chunk_tokens / (1024.0 * 1024.0), frame / 1024.0);
+}
+
+static int cmd_geometry(int argc, char **argv)
+{
+	const char *const *names;
+	size_t n;
+	shadow_geometry_preset_names(&names, &n);
+	for (size_t i = 0; i < n; i++) {
+		if (argc > 1 && strcmp(argv[1], names[i]) != 0)
+			continue;
+		struct shadow_kv_geometry g;
+		if (shadow_geometry_preset(names[i], &g) == 0)
+			print_geometry(names[i], &g);
+		if (argc > 1)
+			return 0;
+	}
+	if (argc > 1) {
+		fprintf(stderr, "shadowctl: unknown preset '%s'\n", argv[1]);
+		return 2;
+	}
+	return 0;
+}
+
+int shadowctl_read_tokens(const char *path, uint32_t **tokens_ret, size_t *n_tokens_ret)
+{
+	FILE *f = fopen(path, "rb");
+	if (f == NULL)
+		return -errno;
+	int err = 0;
+	struct stat st;
+	if (fstat(fileno(f), &st) != 0) {
+		err = -errno;
+		goto out_close;
+	}
+	if (st.st_size % 4 != 0 || st.st_size == 0 || st.st_size > (1 << 30)) {
+		err = -EINVAL;
+		goto out_close;
+	}
+	size_t n = (size_t)st.st_size / 4;
+	uint8_t *raw = malloc((size_t)st.st_size);
+	uint32_t *tokens = malloc(n * sizeof(*tokens));
+	if (raw == NULL || tokens == NULL) {
+		err = -ENOMEM;
+		goto out_free;
+	}
+	if (fread(raw, 1, (size_t)st.st_size, f) != (size_t)st.st_size) {
+		err = -EIO;
+		goto out_free;
+	}
+	for (size_t i = 0; i < n; i++) {
+		const uint8_t *p = raw + 4 * i;
+		tokens[i] = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+			    (uint32_t)p[3] << 24;
+	}
+	*tokens_ret = tokens;
+	*n_tokens_ret = n;
+	tokens = NULL;
+out_free:
+	free(tokens);
+	free(raw);
+out_close:
+	fclose(f);
+	return err;
+}
+
+const char *shadowctl_kv_data_dir(void)
+{
+	static char path[4096];
+	struct stat st;
+	const char *shared = getenv("SHADOW_SHARED_DIR");
+	if (shared != NULL && shared[0] != '\0') {
+		snprintf(path, sizeof(path), "%s/data/kv", shared);
+		if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+			return path;
+	}
+	snprintf(path, sizeof(path), "../shared/data/kv");
+	if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+		return path;
+	return NULL;
+}
+
+static int cmd_keys(int argc, char **argv)
+{
+	static const struct option options[] = {
+		{ "preset", required_argument, NULL, 'g' }, { "model", required_argument, NULL, 'm' },
+		{ "salt", required_argument, NULL, 's' },   { "prefix", required_argument, NULL, 'p' },
+		{ "chunk", required_argument, NULL, 'c' },  { NULL, 0, NULL, 0 },
+	};
+	const char *preset = "minillama-h128", *model = NULL, *salt = NULL, *prefix = NULL;
+	unsigned long chunk = 0;
+	int opt;
+	optind = 1;
+	while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+		switch (opt) {
+		case 'g': preset = optarg; break;
+		case 'm': model = optarg; break;
+		case 's': salt = optarg; break;
+		case 'p': prefix = optarg; break;
+		case 'c': chunk = strtoul(optarg, NULL, 10); break;
+		default: return usage(stderr);
+		}
+	}
+	if (optind != argc - 1)
+		return usage(stderr);
+
+	struct shadow_kv_geometry g;
+	int err = shadow_geometry_preset(preset, &g);
+	if (err != 0) {
+		fprintf(stderr, "shadowctl: preset '%s': %s\n", preset, shadow_strerror(err));
+		return 2;
+	}
+	if (chunk != 0)
+		g.chunk_tokens = (uint32_t)chunk;
+	struct shadow_chunk_key ns;
+	err = shadow_key_namespace(model != NULL ? model : preset, &g, salt,
+				   salt != NULL ? strlen(salt) : 0, &ns);
+	if (err != 0) {
+		fprintf(stderr, "shadowctl: namespace: %s\n", shadow_strerror(err));
+		return 2;
+	}
+	uint32_t *tokens;
+	size_t n_tokens;
+	err = shadowctl_read_tokens(argv[optind], &tokens, &n_tokens);
+	if (err != 0) {
+		fprintf(stderr, "shadowctl: %s: %s\n", argv[optind], shadow_strerror(err));
+		return 1;
+	}
+	size_t max_keys = n_tokens / g.chunk_tokens, n_keys = 0;
+	struct shadow_chunk_key *keys = calloc(max_keys + 1, sizeof(*keys));
+	if (keys == NULL) {
+		free(tokens);
+		return 1;
+	}
+	err = shadow_key_chain(&ns, tokens, n_tokens, g.chunk_tokens, keys, max_keys, &n_keys);
+	if (err == 0) {
+		char text[SHADOW_STORE_KEY_MAX];
+		for (size_t i = 0; i < n_keys && err >= 0; i++) {
+			err = shadow_key_format(&keys[i], prefix, text, sizeof(text));
+			if (err >= 0)
+				printf("%zu\t%zu-%zu\t%s\n", i, i * g.chunk_tokens,
+				       (i + 1) * g.chunk_tokens - 1, text);
+		}
+	}
+	free(keys);
+	free(tokens);
+	if (err < 0) {
+		fprintf(stderr, "shadowctl: keys: %s\n", shadow_strerror(err));
+		return 1;
+	}
+	return 0;
+}
+
+static int cmd_cpu(int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	printf("%s\n", shadow__cpu_features_string(shadow__cpu_features()));
+	return 0;
+}
+
+static int cmd_gpu(int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	int n = 0;
+	int err = shadow_gpu_probe(&n);
+	if (err != 0) {
+		printf("no GPU: %s\n", shadow_strerror(err));
+		return 1;
+	}
+	printf("%d CUDA device(s)\n", n);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct {
+		const char *name;
+		int (*fn)(int argc, char **argv);
+	} commands[] = {
+		{ "geometry", cmd_geometry }, { "keys", cmd_keys }, { "cpu", cmd_cpu },
+		{ "gpu", cmd_gpu },	      { "demo", shadowctl_demo },
+	};
+	if (argc < 2)
+		return usage(stderr);
+	if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)
+		return usage(stdout);
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+		if (strcmp(argv[1], commands[i].name) == 0)
+			return commands[i].fn(argc - 1, argv + 1);
+	}
+	fprintf(stderr, "shadowctl: unknown command '%s'\n", argv[1]);
+	return usage(stderr);
+}
