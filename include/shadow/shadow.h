@@ -361,6 +361,205 @@ SHADOW_API int shadow_key_parse(const char *text, const char *prefix,
 				struct shadow_chunk_key *key_ret);
 
 /* ------------------------------------------------------------------------------------------ */
+/* Chunk container and codecs (docs/format.md is the specification)                           */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * A chunk travels as one self-describing container: a header with the key and geometry, a
+ * frame table, per-frame dequantization parameters, then one payload per frame (one layer's K
+ * or V), in layer order. A reader can decode frame i as soon as the metadata and frame i's
+ * payload have arrived. Every field is checked before use: a container is untrusted input.
+ *
+ * Encoding is two stages per frame:
+ *  1. quantization: none (the dtype's bytes as they are), planes (bf16/fp16 split into a plane
+ *     of high bytes then a plane of low bytes: lossless, and easier to entropy-code), or
+ *     uniform (b-bit integer symbols, 2 <= b <= 8, with one scale and offset per group: keys
+ *     grouped per channel over a run of tokens, values per token over a run of channels);
+ *  2. a lossless stage: none, raw DEFLATE (libdeflate; 32 KiB window, so hardware
+ *     decompressors can decode it) or zstd.
+ */
+enum shadow_quant {
+	SHADOW_QUANT_NONE = 0,
+	SHADOW_QUANT_PLANES = 1,
+	SHADOW_QUANT_UNIFORM = 2
+};
+
+enum shadow_codec_id {
+	SHADOW_CODEC_NONE = 0,
+	SHADOW_CODEC_DEFLATE = 1,
+	SHADOW_CODEC_ZSTD = 2
+};
+
+/* How the encoder picks each group's scale (the decoder does not care). */
+enum shadow_scale_rule {
+	SHADOW_SCALE_MINMAX = 0, /* [min, max] of the group onto [0, 2^b - 1] */
+	SHADOW_SCALE_STD = 1     /* step = step_mul * std of the group, centred, clipped */
+};
+
+#define SHADOW_MAX_LAYER_BITS 8u
+
+/*
+ * Encoder options. Set sizeof_options = sizeof(struct shadow_codec_options); fields past the
+ * size the caller was built with take their defaults, so the struct can grow. Fill with
+ * shadow_codec_options_default() or shadow_codec_options_parse(), then adjust.
+ */
+struct shadow_codec_options {
+	size_t sizeof_options;
+	uint32_t quant;        /* enum shadow_quant */
+	uint32_t codec;        /* enum shadow_codec_id */
+	int32_t level;         /* DEFLATE 1..12, zstd 1..19; ignored for none */
+	uint32_t k_bits;       /* uniform: bits of key symbols, 2..8 */
+	uint32_t v_bits;       /* uniform: bits of value symbols, 2..8 */
+	uint32_t k_group_tokens;   /* uniform: tokens per key scale group; 0 = the whole chunk */
+	uint32_t v_group_channels; /* uniform: channels per value scale group; 0 = head_dim */
+	uint32_t scale_rule;   /* enum shadow_scale_rule */
+	float step_mul;        /* SHADOW_SCALE_STD: step = step_mul * std of the group */
+	/* Layer-group precision (CacheGen): layers [first_layer, next entry's first_layer) use
+	 * these bits instead of k_bits/v_bits. Entries sorted by first_layer; 0 entries = none. */
+	uint32_t n_layer_bits;
+	struct {
+		uint32_t first_layer;
+		uint32_t k_bits;
+		uint32_t v_bits;
+	} layer_bits[SHADOW_MAX_LAYER_BITS];
+};
+
+/* Defaults: bf16 passthrough (SHADOW_QUANT_NONE), no lossless stage. */
+SHADOW_API void shadow_codec_options_default(struct shadow_codec_options *opts_ret);
+
+/*
+ * Options from a scheme name "<quant>+<codec>" as used by benchmarks and CLIs:
+ *   quant: bf16 | bf16planes | int8 | bits2 .. bits7, optionally followed by variant suffixes:
+ *          -g<N> (keys: N tokens per scale group), -c<N> (values: N channels per group),
+ *          -s<X> (std rule with step_mul X, e.g. -s0.5), -L<k>/<v>@<layer>,... (layer bits)
+ *   codec: none | deflate[<level>] (default 6) | zstd<level> (e.g. zstd3)
+ * For example "int8+zstd3", "bits4-g64+deflate", "bf16planes+zstd1". Returns 0, or
+ * SHADOW_EUNKNOWN_NAME for anything else. `opts_ret` is fully written on success.
+ */
+SHADOW_API int shadow_codec_options_parse(const char *scheme,
+					  struct shadow_codec_options *opts_ret);
+
+/*
+ * The canonical name of `opts` (the inverse of shadow_codec_options_parse) into buf. Returns
+ * the length, -EINVAL for invalid options, -ENOBUFS if buf is too small (64 bytes is enough
+ * without layer bits, 256 with them).
+ */
+SHADOW_API int shadow_codec_options_name(const struct shadow_codec_options *opts, char *buf,
+					 size_t buf_nbytes);
+
+/* A per-thread encoder or decoder: library contexts and scratch buffers, made once. */
+struct shadow_codec;
+
+/*
+ * Make a codec context for chunks of `geom` (scratch sized for its frames). Returns 0,
+ * SHADOW_EGEOMETRY, SHADOW_EUNSUPPORTED (fp32 or fp8 geometry), or -ENOMEM. A context is used
+ * by one thread at a time; make one per thread. Free with shadow_codec_free().
+ */
+SHADOW_API int shadow_codec_create(const struct shadow_kv_geometry *geom,
+				   struct shadow_codec **codec_ret);
+SHADOW_API void shadow_codec_free(struct shadow_codec *codec); /* NULL is accepted */
+
+/* The most bytes shadow_chunk_encode() can write for chunks of this codec's geometry. */
+SHADOW_API uint64_t shadow_chunk_encode_bound(const struct shadow_codec *codec,
+					      const struct shadow_codec_options *opts);
+
+/*
+ * Encode one chunk whose KV lives in host memory `region` (described by `layout`, which must
+ * have passed shadow_layout_validate() for the codec's geometry) in blocks
+ * block_ids[0 .. chunk_tokens/block_tokens - 1], under `key`, into dst. *nbytes_ret receives
+ * the container's size. Returns 0, -EINVAL (bad options or block ids), -ENOBUFS (dst_cap below
+ * what is needed; shadow_chunk_encode_bound() is always enough), SHADOW_ECODEC.
+ */
+SHADOW_API int shadow_chunk_encode(struct shadow_codec *codec,
+				   const struct shadow_codec_options *opts,
+				   const struct shadow_chunk_key *key, const void *region,
+				   const struct shadow_kv_layout *layout, const uint32_t *block_ids,
+				   void *dst, size_t dst_cap, size_t *nbytes_ret);
+
+/* Smallest prefix of a container from which shadow_chunk_parse() can read the metadata size. */
+#define SHADOW_CHUNK_HEADER_NBYTES 96u
+
+/*
+ * A parsed container: points into the caller's buffer, which must stay valid and unchanged
+ * while the view is used. Read the fields; don't write them.
+ */
+struct shadow_chunk_view {
+	const uint8_t *base;     /* the container's first byte */
+	uint64_t total_nbytes;   /* the whole container, as its header says */
+	uint32_t meta_nbytes;    /* header + frame table + parameters: payloads start here */
+	uint32_t n_frames;       /* 2 * n_layers; frame 2l is layer l's K, 2l+1 its V */
+	uint32_t n_tokens;
+	struct shadow_kv_geometry geom; /* block_tokens is 0: a container does not know it */
+	struct shadow_chunk_key key;
+};
+
+/* One frame's table entry, decoded. */
+struct shadow_frame_info {
+	uint32_t layer;
+	uint32_t kind;           /* enum shadow_kv_kind */
+	uint32_t quant;          /* enum shadow_quant */
+	uint32_t bits;           /* symbol bits (16 for none/planes of bf16/fp16) */
+	uint32_t codec;          /* enum shadow_codec_id */
+	uint64_t payload_offset; /* from the container's start */
+	uint32_t payload_nbytes; /* encoded */
+	uint32_t raw_nbytes;     /* after the lossless stage */
+	uint64_t decoded_nbytes; /* in the geometry's dtype */
+	uint64_t raw_checksum;   /* XXH3-64 of the raw bytes */
+};
+
+/*
+ * Parse and verify a container's metadata from its first `avail_nbytes` bytes (payloads need
+ * not have arrived: avail_nbytes >= meta_nbytes is enough). Checks the magic, version, metadata
+ * checksum, every length, offset and count, and that the payloads tile
+ * [meta_nbytes, total_nbytes) in frame order. If `expect_key` is non-NULL the key must match
+ * (SHADOW_EKEYMISMATCH); if `expect_geom` is non-NULL its n_layers, n_kv_heads, head_dim,
+ * dtype and chunk_tokens must match (SHADOW_EGEOMETRY).
+ *
+ * Returns 0; SHADOW_ETRUNCATED when avail_nbytes < meta_nbytes (shadow_chunk_peek() says how
+ * many bytes to wait for); SHADOW_ECORRUPT, SHADOW_EVERSION, SHADOW_EKEYMISMATCH,
+ * SHADOW_EGEOMETRY, SHADOW_EUNSUPPORTED. Never reads outside buf[0 .. avail_nbytes).
+ */
+SHADOW_API int shadow_chunk_parse(const void *buf, size_t avail_nbytes,
+				  const struct shadow_chunk_key *expect_key,
+				  const struct shadow_kv_geometry *expect_geom,
+				  struct shadow_chunk_view *view_ret);
+
+/*
+ * From the first SHADOW_CHUNK_HEADER_NBYTES bytes of a container, its metadata size and total
+ * size, so a streaming reader knows when it can parse and how large a buffer it needs. The
+ * values are only range-checked (the checksum needs the whole metadata). Returns 0,
+ * SHADOW_ETRUNCATED (avail_nbytes too small), SHADOW_ECORRUPT, SHADOW_EVERSION.
+ */
+SHADOW_API int shadow_chunk_peek(const void *buf, size_t avail_nbytes, uint32_t *meta_nbytes_ret,
+				 uint64_t *total_nbytes_ret);
+
+/* Frame `frame` of a parsed view into *info_ret. Returns 0 or -EINVAL (frame out of range). */
+SHADOW_API int shadow_chunk_frame_info(const struct shadow_chunk_view *view, uint32_t frame,
+				       struct shadow_frame_info *info_ret);
+
+/*
+ * Decode frame `frame` of a parsed view into a staging image `stage` of stage_nbytes bytes
+ * laid out for `layout` (see shadow_layout_plan_frame; the layout must have passed
+ * shadow_layout_validate() for the view's geometry with the layout's block size). The frame's
+ * payload bytes must be present in the view's buffer. The payload is decompressed, its
+ * checksum verified, then dequantized straight into the staging image.
+ *
+ * Returns 0; SHADOW_ECORRUPT (payload does not decode, or checksum mismatch: the staging image
+ * may then hold partial data and must not be copied anywhere); -EINVAL (frame out of range,
+ * stage too small, layout of another geometry). Thread-safe across different codec contexts.
+ */
+SHADOW_API int shadow_chunk_decode_frame(struct shadow_codec *codec,
+					 const struct shadow_chunk_view *view, uint32_t frame,
+					 const struct shadow_kv_layout *layout, void *stage,
+					 size_t stage_nbytes);
+
+/*
+ * Describe a container in text (header, then one line per frame) into buf, for shadowctl
+ * inspect. Parses it first (any key); returns the text length or a parse error.
+ */
+SHADOW_API int shadow_chunk_describe(const void *buf, size_t nbytes, char *out, size_t out_nbytes);
+
+/* ------------------------------------------------------------------------------------------ */
 /* GPU module                                                                                 */
 /* ------------------------------------------------------------------------------------------ */
 

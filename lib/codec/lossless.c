@@ -11,6 +11,7 @@
 
 #include <libdeflate.h>
 #include <zstd.h>
+#include <zstd_errors.h>
 
 #include "codec/lossless.h"
 #include "core/log.h"

@@ -35,6 +35,7 @@
 #include <string.h>
 
 #include "core/common.h"
+#include "kv/layout.h"
 
 /* The nesting of one block's head vectors; see the DESIGN comment above. */
 struct block_order {
@@ -218,28 +219,36 @@ int64_t shadow_layout_offset(const struct shadow_kv_layout *layout,
 	return (int64_t)off;
 }
 
-int64_t shadow_layout_stage_offset(const struct shadow_kv_layout *layout,
-				   const struct shadow_kv_geometry *geom, uint32_t token_in_chunk,
-				   uint32_t head)
+int shadow__stage_map_init(const struct shadow_kv_layout *layout,
+			   const struct shadow_kv_geometry *geom, struct shadow__stage_map *map_ret)
 {
 	struct block_order o;
-	uint64_t block, t, rank;
 
 	if (layout == NULL || shadow_geometry_validate(geom) != 0)
-		return -EINVAL;
-	if (token_in_chunk >= geom->chunk_tokens || head >= geom->n_kv_heads)
 		return -EINVAL;
 	if (layout->token_stride <= 0 || layout->head_stride <= 0)
 		return -EINVAL;
 	block_order_get(layout, geom, &o);
-	block = token_in_chunk / geom->block_tokens;
-	t = token_in_chunk % geom->block_tokens;
-	if (o.token_major)
-		rank = t * geom->n_kv_heads + head;
-	else
-		rank = head * (uint64_t)geom->block_tokens + t;
+	map_ret->vec_nbytes = o.vec_nbytes;
+	map_ret->image_nbytes = o.image_nbytes;
+	map_ret->block_tokens = geom->block_tokens;
+	map_ret->n_kv_heads = geom->n_kv_heads;
+	map_ret->token_major = o.token_major;
+	return 0;
+}
+
+int64_t shadow_layout_stage_offset(const struct shadow_kv_layout *layout,
+				   const struct shadow_kv_geometry *geom, uint32_t token_in_chunk,
+				   uint32_t head)
+{
+	struct shadow__stage_map m;
+
+	if (shadow__stage_map_init(layout, geom, &m) != 0)
+		return -EINVAL;
+	if (token_in_chunk >= geom->chunk_tokens || head >= geom->n_kv_heads)
+		return -EINVAL;
 	/* < chunk_tokens * n_kv_heads * vec <= 2^36: no overflow. */
-	return (int64_t)(block * o.image_nbytes + rank * o.vec_nbytes);
+	return (int64_t)shadow__stage_map_offset(&m, token_in_chunk, head);
 }
 
 /* Run builder: the open run is kept aside so it can grow; closed runs go to the array. */
