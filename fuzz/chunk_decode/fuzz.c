@@ -3,9 +3,9 @@
  * frame into NHD and HND staging images. Nothing may read or write outside the input or the
  * staging buffer, crash, or hang; a frame that decodes must have matched its checksum.
  *
- * Seeds: containers of several schemes (written by test_chunk with SHADOW_WRITE_SEEDS=DIR).
- * The geometry is the test's: minillama-h128 with 3 layers. Inputs of another geometry are
- * parsed (the parser must reject or accept them safely) but not decoded.
+ * Seeds: containers of several schemes in a small geometry (2 layers, 1 KV head, head_dim 32,
+ * 32-token chunks), written by `SHADOW_WRITE_SEEDS=DIR test_chunk`. Inputs of another geometry
+ * are parsed (the parser must reject or accept them safely) but not decoded.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -23,12 +23,12 @@ static size_t stage_nbytes;
 
 static int init(void)
 {
-	if (shadow_geometry_preset("minillama-h128", &geom) != 0)
-		return -1;
-	geom.n_layers = 3;
-	uint64_t region = (uint64_t)64 * 16 * geom.n_kv_heads * geom.head_dim * 2 * 2 * geom.n_layers;
-	if (shadow_layout_init(&nhd, &geom, SHADOW_LAYOUT_NHD, 64, 0, region) != 0 ||
-	    shadow_layout_init(&hnd, &geom, SHADOW_LAYOUT_HND, 64, 0, region) != 0 ||
+	geom = (struct shadow_kv_geometry){ .n_layers = 2, .n_kv_heads = 1, .head_dim = 32,
+					    .dtype = SHADOW_DTYPE_BF16, .block_tokens = 16,
+					    .chunk_tokens = 32 };
+	uint64_t region = 4ull * 16 * 32 * 2 * 2 * 2;
+	if (shadow_layout_init(&nhd, &geom, SHADOW_LAYOUT_NHD, 4, 0, region) != 0 ||
+	    shadow_layout_init(&hnd, &geom, SHADOW_LAYOUT_HND, 4, 0, region) != 0 ||
 	    shadow_codec_create(&geom, &codec) != 0)
 		return -1;
 	stage_nbytes = (size_t)geom.chunk_tokens * geom.n_kv_heads * geom.head_dim * 2;

@@ -3,7 +3,8 @@
  * lossless stage into NHD and HND staging images, and bad input of every kind (truncation,
  * every single-bit flip, forged sizes with a valid checksum, wrong key, wrong geometry).
  *
- * With SHADOW_WRITE_SEEDS=DIR set, it also writes the containers it builds as fuzz seeds.
+ * With SHADOW_WRITE_SEEDS=DIR set, it also writes small containers of the fuzz target's
+ * geometry (FUZZ_GEOMETRY in fuzz/chunk_decode/fuzz.c) as its seed corpus.
  */
 #include <errno.h>
 #include <math.h>
@@ -129,16 +130,6 @@ static size_t encode(struct fixture *f, const char *scheme)
 					     f->block_ids, f->buf, f->buf_cap, &n), 0);
 	assert_true(n <= bound);
 
-	const char *dir = getenv("SHADOW_WRITE_SEEDS");
-	if (dir != NULL) {
-		char path[512];
-		snprintf(path, sizeof(path), "%s/%s", dir, scheme);
-		FILE *fp = fopen(path, "wb");
-		if (fp != NULL) {
-			fwrite(f->buf, 1, n, fp);
-			fclose(fp);
-		}
-	}
 	return n;
 }
 
@@ -439,8 +430,61 @@ static void test_describe(void **state)
 	assert_int_equal(shadow_chunk_describe(f->buf, n, text, 16), -ENOBUFS);
 }
 
+/* Seeds for fuzz/chunk_decode: 2 layers, 1 KV head, head_dim 32, 32-token chunks. */
+static void write_fuzz_seeds(const char *dir)
+{
+	static const char *const schemes[] = {
+		"bf16+none", "bf16+deflate1", "bf16planes+zstd1", "int8+zstd1", "bits4+none",
+		"bits3-g8-c16+deflate6", "bits5-s0.5-L1=3/3+zstd3",
+	};
+	struct shadow_kv_geometry g = { .n_layers = 2, .n_kv_heads = 1, .head_dim = 32,
+					.dtype = SHADOW_DTYPE_BF16, .block_tokens = 16,
+					.chunk_tokens = 32 };
+	struct shadow_kv_layout layout;
+	struct shadow_codec *c;
+	uint64_t region_nbytes = 4ull * 16 * 32 * 2 * 2 * 2;
+	uint8_t *region = malloc(region_nbytes), buf[65536];
+	uint32_t ids[2] = { 3, 1 };
+	struct shadow_chunk_key key = { { 7 } };
+	uint64_t seed = 1;
+
+	if (region == NULL || shadow_layout_init(&layout, &g, SHADOW_LAYOUT_NHD, 4, 0, region_nbytes) != 0 ||
+	    shadow_codec_create(&g, &c) != 0)
+		abort();
+	for (uint64_t i = 0; i < region_nbytes / 2; i++) {
+		uint16_t b = shadow__float_to_bf16(gauss(&seed));
+		memcpy(region + 2 * i, &b, 2);
+	}
+	for (size_t i = 0; i < sizeof(schemes) / sizeof(schemes[0]); i++) {
+		struct shadow_codec_options o;
+		size_t n;
+		char path[512];
+		int err = shadow_codec_options_parse(schemes[i], &o);
+		if (err == 0)
+			err = shadow_chunk_encode(c, &o, &key, region, &layout, ids, buf, sizeof(buf), &n);
+		if (err != 0) {
+			fprintf(stderr, "seed %s: %s\n", schemes[i], shadow_strerror(err));
+			exit(1);
+		}
+		int len = snprintf(path, sizeof(path), "%s/", dir);
+		for (const char *p = schemes[i]; *p != '\0' && len < (int)sizeof(path) - 1; p++)
+			path[len++] = *p == '/' ? '_' : *p; /* "L1=3/3" is not a file name */
+		path[len] = '\0';
+		FILE *fp = fopen(path, "wb");
+		if (fp == NULL || fwrite(buf, 1, n, fp) != n)
+			abort();
+		fclose(fp);
+	}
+	shadow_codec_free(c);
+	free(region);
+}
+
 int main(void)
 {
+	const char *seeds = getenv("SHADOW_WRITE_SEEDS");
+	if (seeds != NULL)
+		write_fuzz_seeds(seeds);
+
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_options_names),
 		cmocka_unit_test_setup_teardown(test_lossless_roundtrip, setup, teardown),

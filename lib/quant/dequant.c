@@ -1,0 +1,94 @@
+/*
+ * dequant.c - the scalar decode kernels (the reference every variant must match), the fp16
+ * conversions, and the choice of kernels for this CPU (quant.h, DESIGN).
+ *
+ * The choice is cached in one atomic pointer. Two threads racing on the first call compute the
+ * same answer; the tables it points at are constant data, so nothing else is published and a
+ * relaxed load is enough (as in core/cpu.c).
+ */
+#include <stdatomic.h>
+
+#include "core/cpu.h"
+#include "core/log.h"
+#include "quant/quant.h"
+
+#define DQ_SUFFIX scalar
+#define DQ_ISA "scalar"
+#define DQ_ATTR
+#include "quant/dequant_template.h"
+
+uint16_t shadow__float_to_fp16(float f)
+{
+	return dq_float_to_fp16(f);
+}
+
+float shadow__fp16_to_float(uint16_t h)
+{
+	uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, u;
+	float f;
+
+	if (e == 0) { /* zero or subnormal: m * 2^-24, exact in float */
+		f = (float)m * 0x1p-24f;
+		return sign ? -f : f;
+	}
+	if (e == 31) /* infinity or NaN, payload kept */
+		u = sign | 0x7f800000u | (m << 13);
+	else
+		u = sign | ((e + 112u) << 23) | (m << 13);
+	memcpy(&f, &u, sizeof(f));
+	return f;
+}
+
+/* A variant runs if the CPU has every feature its target attribute names. */
+#if defined(__x86_64__)
+#define SHADOW_DQ_AVX2_NEEDS (SHADOW_CPU_AVX2 | SHADOW_CPU_F16C)
+#define SHADOW_DQ_AVX512_NEEDS (SHADOW_DQ_AVX2_NEEDS | SHADOW_CPU_AVX512)
+#endif
+
+size_t shadow__dequant_variants(const struct shadow__dequant_kernels **out, size_t max)
+{
+	const struct shadow__dequant_kernels *all[4];
+	uint32_t f = shadow__cpu_features();
+	size_t n = 0;
+
+	all[n++] = &shadow__dequant_scalar;
+#if defined(__x86_64__)
+	if ((f & SHADOW_DQ_AVX2_NEEDS) == SHADOW_DQ_AVX2_NEEDS)
+		all[n++] = &shadow__dequant_avx2;
+	if ((f & SHADOW_DQ_AVX512_NEEDS) == SHADOW_DQ_AVX512_NEEDS)
+		all[n++] = &shadow__dequant_avx512;
+#elif defined(__aarch64__)
+	if (f & SHADOW_CPU_NEON)
+		all[n++] = &shadow__dequant_neon;
+#else
+	(void)f;
+#endif
+	for (size_t i = 0; i < n && i < max; i++)
+		out[i] = all[i];
+	return n;
+}
+
+static _Atomic(const struct shadow__dequant_kernels *) shadow_dequant_chosen;
+
+const struct shadow__dequant_kernels *shadow__dequant_kernels(void)
+{
+	/* relaxed: see the header comment. */
+	const struct shadow__dequant_kernels *k =
+		atomic_load_explicit(&shadow_dequant_chosen, memory_order_relaxed);
+	const struct shadow__dequant_kernels *v[4];
+
+	if (shadow_likely(k != NULL))
+		return k;
+	/* The variants are listed slowest first: take the last. */
+	k = v[shadow__dequant_variants(v, SHADOW_ARRAY_SIZE(v)) - 1];
+	atomic_store_explicit(&shadow_dequant_chosen, k, memory_order_relaxed);
+	SHADOW_LOGD("dequant kernels: %s", k->isa);
+	return k;
+}
+
+#if defined(SHADOW_TESTING)
+void shadow__dequant_reset_for_testing(void)
+{
+	atomic_store_explicit(&shadow_dequant_chosen, NULL, memory_order_relaxed);
+}
+#endif

@@ -1,0 +1,125 @@
+/*
+ * dequant_avx512.c - the decode kernels for AVX-512 F/BW/VL (x86-64): the primitives of
+ * dequant_template.h, then the template.
+ *
+ * 16 floats per zmm register; bf16 rounds in integer registers and narrows with vpmovdw, fp16
+ * converts with vcvtps2ph in round-to-nearest-even, NaN is replaced under a compare mask first.
+ * unpack_bits works on ymm registers as in the AVX2 variant but shifts each 16-bit lane with
+ * vpsrlvw (AVX512BW+VL) instead of a multiply.
+ */
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#include "quant/dequant_template.h" /* the shared part */
+
+#define DQ_ATTR __attribute__((target("avx2,f16c,avx512f,avx512bw,avx512vl")))
+
+/* ---- row_vec, row_scalar: 16 elements per step ---- */
+#define DQ_VW 16
+typedef __m512 dq_vf;
+
+DQ_ATTR static inline dq_vf dq_cvt_u8(const uint8_t *q)
+{
+	return _mm512_cvtepi32_ps(
+		_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)q)));
+}
+
+DQ_ATTR static inline dq_vf dq_loadf(const float *p)
+{
+	return _mm512_loadu_ps(p);
+}
+
+DQ_ATTR static inline dq_vf dq_splat(float x)
+{
+	return _mm512_set1_ps(x);
+}
+
+DQ_ATTR static inline dq_vf dq_muladd(dq_vf q, dq_vf s, dq_vf b)
+{
+	return _mm512_add_ps(_mm512_mul_ps(q, s), b);
+}
+
+DQ_ATTR static inline dq_vf dq_canon_nan(dq_vf x)
+{
+	__mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+
+	return _mm512_mask_mov_ps(x, nan, _mm512_castsi512_ps(_mm512_set1_epi32(0x7fc00000)));
+}
+
+DQ_ATTR static inline void dq_store_bf16(uint8_t *out, dq_vf x)
+{
+	__m512i u = _mm512_castps_si512(dq_canon_nan(x));
+	__m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+
+	u = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+	_mm256_storeu_si256((__m256i *)(void *)out,
+			    _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));
+}
+
+DQ_ATTR static inline void dq_store_fp16(uint8_t *out, dq_vf x)
+{
+	_mm256_storeu_si256((__m256i *)(void *)out,
+			    _mm512_cvtps_ph(dq_canon_nan(x), _MM_FROUND_TO_NEAREST_INT));
+}
+
+/* ---- merge_planes: 32 elements per step ---- */
+#define DQ_MERGE_W 32
+
+DQ_ATTR static inline void dq_merge_step(const uint8_t *hi, const uint8_t *lo, uint8_t *out)
+{
+	__m512i h = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(const void *)hi));
+	__m512i l = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(const void *)lo));
+
+	_mm512_storeu_si512(out, _mm512_or_si512(_mm512_slli_epi16(h, 8), l));
+}
+
+/* ---- unpack_bits: 32 symbols (4 groups of 8, 4 * bits bytes) per step ---- */
+#define DQ_UNPACK_W 32
+#define DQ_UNPACK_READ(b) (3u * (b) + 16u)
+#define DQ_UNPACK_READ_MAX (3u * 7u + 16u)
+
+struct dq_unpack_ctx {
+	__m256i shuf, shift, mask;
+	size_t bits;
+};
+
+DQ_ATTR static inline void dq_unpack_setup(unsigned bits, struct dq_unpack_ctx *c)
+{
+	static const uint8_t shuf[9][16] = DQ_UNPACK_SHUF_TABLE;
+	static const uint16_t shift[9][8] = DQ_UNPACK_SHIFT_TABLE;
+
+	c->shuf = _mm256_broadcastsi128_si256(
+		_mm_loadu_si128((const __m128i *)(const void *)shuf[bits]));
+	c->shift = _mm256_broadcastsi128_si256(
+		_mm_loadu_si128((const __m128i *)(const void *)shift[bits]));
+	c->mask = _mm256_set1_epi16((short)((1u << bits) - 1u));
+	c->bits = bits;
+}
+
+/* 16 symbols in 16-bit lanes, masked to `bits`: groups of 8 at p (low lane) and p2 (high). */
+DQ_ATTR static inline __m256i dq_unpack_16(const uint8_t *p, const uint8_t *p2,
+					   const struct dq_unpack_ctx *c)
+{
+	__m256i v = _mm256_inserti128_si256(
+		_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)p)),
+		_mm_loadu_si128((const __m128i *)(const void *)p2), 1);
+
+	v = _mm256_shuffle_epi8(v, c->shuf);
+	return _mm256_and_si256(_mm256_srlv_epi16(v, c->shift), c->mask);
+}
+
+DQ_ATTR static inline void dq_unpack_step(const uint8_t *p, const struct dq_unpack_ctx *c,
+					  uint8_t *q)
+{
+	size_t b = c->bits;
+	/* packus interleaves per 128-bit lane: lane 0 gets groups 0, 1 and lane 1 groups 2, 3. */
+	__m256i a = dq_unpack_16(p, p + 2 * b, c), d = dq_unpack_16(p + b, p + 3 * b, c);
+
+	_mm256_storeu_si256((__m256i *)(void *)q, _mm256_packus_epi16(a, d));
+}
+
+#define DQ_SUFFIX avx512
+#define DQ_ISA "avx512"
+#include "quant/dequant_template.h"
+
+#endif /* __x86_64__ */

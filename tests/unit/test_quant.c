@@ -1,0 +1,950 @@
+/*
+ * test_quant.c - quantization (lib/quant): every decode variant gives the scalar reference's
+ * bytes (random and hostile inputs, lengths 1..300, unaligned pointers, exactly sized buffers
+ * so that ASan sees any overrun); dispatch honours SHADOW_FORCE_ISA; quantize -> dequantize
+ * error bounds for both axes and both scale rules; bf16/fp16 conversions against known values;
+ * bit packing; bad parameters.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "core/cpu.h"
+#include "quant/quant.h"
+
+#define MAX_VARIANTS 8
+#define MAX_N 300
+
+/* ---- helpers ---- */
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static uint64_t rnd(void)
+{
+	uint64_t x = rng_state; /* xorshift64* */
+
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	rng_state = x;
+	return x * 0x2545f4914f6cdd1dull;
+}
+
+/* Uniform in [lo, hi). */
+static float rnd_uniform(float lo, float hi)
+{
+	return lo + (hi - lo) * (float)((rnd() >> 40) * 0x1p-24);
+}
+
+/* Roughly normal (sum of 4 uniforms), mean 0, std 1. */
+static float rnd_normal(void)
+{
+	float s = 0;
+
+	for (int i = 0; i < 4; i++)
+		s += rnd_uniform(-1.0f, 1.0f);
+	return s * 0.8660254f; /* sqrt(3 / 4) */
+}
+
+static float f32(uint32_t u)
+{
+	float f;
+
+	memcpy(&f, &u, sizeof(f));
+	return f;
+}
+
+static uint32_t u32(float f)
+{
+	uint32_t u;
+
+	memcpy(&u, &f, sizeof(u));
+	return u;
+}
+
+static uint16_t get16(const uint8_t *p)
+{
+	uint16_t v;
+
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
+
+/* A float parameter: mostly ordinary, sometimes any bit pattern (inf, NaN, subnormal). */
+static float rnd_param(bool hostile, float lo, float hi)
+{
+	if (hostile && (rnd() & 7) == 0) {
+		switch (rnd() & 3) {
+		case 0:
+			return f32((uint32_t)rnd());
+		case 1:
+			return f32((rnd() & 1 ? 0xff800000u : 0x7f800000u) |
+				   (uint32_t)(rnd() & (rnd() & 1 ? 0x7fffffu : 0)));
+		case 2:
+			return f32((uint32_t)rnd() & 0x807fffffu); /* subnormal */
+		default:
+			return (rnd() & 1) ? 3.0e38f : -3.0e38f;
+		}
+	}
+	return rnd_uniform(lo, hi);
+}
+
+static size_t variants(const struct shadow__dequant_kernels **v)
+{
+	size_t n = shadow__dequant_variants(v, MAX_VARIANTS);
+
+	assert_true(n >= 1 && n <= MAX_VARIANTS);
+	assert_string_equal(v[0]->isa, "scalar");
+	return n;
+}
+
+static int reset_all(void **state)
+{
+	(void)state;
+	unsetenv("SHADOW_FORCE_ISA");
+	shadow__cpu_features_reset_for_testing();
+	shadow__dequant_reset_for_testing();
+	return 0;
+}
+
+/* ---- (a) every variant == scalar ---- */
+
+static const size_t out_offsets[] = { 0, 1, 2, 3 };
+
+/* One row-kernel call per variant on the same inputs; outputs must be the same bytes. */
+static void check_rows(const struct shadow__dequant_kernels **v, size_t nv, size_t n, bool hostile)
+{
+	uint8_t *q = malloc(n); /* exactly sized: ASan catches over-reads */
+	float *scale = malloc(n * sizeof(float)), *bias = malloc(n * sizeof(float));
+	uint8_t *ref = malloc(2 * n + 8), *out = malloc(2 * n + 8);
+
+	assert_non_null(q);
+	assert_non_null(scale);
+	assert_non_null(bias);
+	assert_non_null(ref);
+	assert_non_null(out);
+	for (size_t i = 0; i < n; i++) {
+		q[i] = (uint8_t)rnd();
+		scale[i] = rnd_param(hostile, 0.0f, 0.05f);
+		bias[i] = rnd_param(hostile, -4.0f, 4.0f);
+	}
+	float s1 = scale[n / 2], b1 = bias[0];
+
+	for (int dt = 0; dt < 2; dt++) {
+		enum shadow__out_dtype dtype = dt ? SHADOW_OUT_FP16 : SHADOW_OUT_BF16;
+
+		for (int kernel = 0; kernel < 2; kernel++) {
+			memset(ref, 0xa5, 2 * n + 8);
+			if (kernel == 0)
+				v[0]->row_vec(q, scale, bias, ref, n, dtype);
+			else
+				v[0]->row_scalar(q, s1, b1, ref, n, dtype);
+			for (size_t k = 1; k < nv; k++) {
+				for (size_t o = 0; o < SHADOW_ARRAY_SIZE(out_offsets); o++) {
+					size_t off = out_offsets[o];
+
+					memset(out, 0xa5, 2 * n + 8);
+					if (kernel == 0)
+						v[k]->row_vec(q, scale, bias, out + off, n, dtype);
+					else
+						v[k]->row_scalar(q, s1, b1, out + off, n, dtype);
+					if (memcmp(ref, out + off, 2 * n) != 0) {
+						print_error("%s kernel %d dtype %d n %zu off %zu\n",
+							    v[k]->isa, kernel, dt, n, off);
+						fail();
+					}
+					/* Nothing written outside [off, off + 2n). */
+					for (size_t i = 0; i < off; i++)
+						assert_int_equal(out[i], 0xa5);
+					for (size_t i = off + 2 * n; i < 2 * n + 8; i++)
+						assert_int_equal(out[i], 0xa5);
+				}
+			}
+		}
+	}
+	free(q);
+	free(scale);
+	free(bias);
+	free(ref);
+	free(out);
+}
+
+static void test_variants_rows(void **state)
+{
+	(void)state;
+	const struct shadow__dequant_kernels *v[MAX_VARIANTS];
+	size_t nv = variants(v);
+
+	for (size_t i = 0; i < nv; i++)
+		print_message("variant %zu: %s\n", i, v[i]->isa);
+#if defined(__x86_64__)
+	uint32_t f = shadow__cpu_features();
+
+	if ((f & (SHADOW_CPU_AVX2 | SHADOW_CPU_F16C)) == (SHADOW_CPU_AVX2 | SHADOW_CPU_F16C))
+		assert_true(nv >= 2);
+	if ((f & SHADOW_CPU_AVX512) == SHADOW_CPU_AVX512)
+		assert_int_equal(nv, 3);
+#endif
+	for (size_t n = 1; n <= MAX_N; n++) {
+		check_rows(v, nv, n, false);
+		check_rows(v, nv, n, true);
+	}
+	for (int rep = 0; rep < 20; rep++)
+		check_rows(v, nv, 4096 + (rnd() & 63), true);
+}
+
+/*
+ * The conversions themselves, on any float: q = 1, bias = -0 makes x = scale exactly (-0 keeps
+ * the sign of a zero), so every variant must round arbitrary bit patterns like the reference,
+ * which for non-NaN is shadow__float_to_bf16 / shadow__float_to_fp16.
+ */
+static void test_variants_convert(void **state)
+{
+	(void)state;
+	enum { N = 4096 };
+	const struct shadow__dequant_kernels *v[MAX_VARIANTS];
+	size_t nv = variants(v);
+	uint8_t *q = malloc(N);
+	float *x = malloc(N * sizeof(float)), *nz = malloc(N * sizeof(float));
+	uint8_t *out = malloc(2 * N);
+
+	assert_non_null(q);
+	assert_non_null(x);
+	assert_non_null(nz);
+	assert_non_null(out);
+	memset(q, 1, N);
+	for (size_t i = 0; i < N; i++)
+		nz[i] = -0.0f;
+	for (int rep = 0; rep < 256; rep++) {
+		for (size_t i = 0; i < N; i++) {
+			uint32_t u = (uint32_t)rnd();
+
+			switch (i & 3) {
+			case 0: /* ties and near-ties of bf16 and of fp16 */
+				u = (u & 0xffff0000u) | (uint32_t[]){ 0x8000u, 0x7fffu, 0x8001u,
+								    0x0000u }[(i >> 2) & 3];
+				if (rep & 1)
+					u = (u & 0xffffe000u) | ((i >> 4) & 1 ? 0x1000u : 0x0fffu);
+				break;
+			case 1: /* the fp16 range and its edges: exponents 100..145 */
+				u = (u & 0x807fffffu) | ((100u + (uint32_t)(rnd() % 46)) << 23);
+				break;
+			default:
+				break;
+			}
+			x[i] = f32(u);
+		}
+		for (size_t k = 0; k < nv; k++) {
+			v[k]->row_vec(q, x, nz, out, N, SHADOW_OUT_BF16);
+			for (size_t i = 0; i < N; i++) {
+				uint16_t want = x[i] != x[i] ? SHADOW_BF16_QNAN
+							     : shadow__float_to_bf16(x[i]);
+
+				if (get16(out + 2 * i) != want) {
+					print_error("%s bf16 of %08x: %04x, want %04x\n", v[k]->isa,
+						    u32(x[i]), get16(out + 2 * i), want);
+					fail();
+				}
+			}
+			v[k]->row_vec(q, x, nz, out, N, SHADOW_OUT_FP16);
+			for (size_t i = 0; i < N; i++) {
+				uint16_t want = x[i] != x[i] ? SHADOW_FP16_QNAN
+							     : shadow__float_to_fp16(x[i]);
+
+				if (get16(out + 2 * i) != want) {
+					print_error("%s fp16 of %08x: %04x, want %04x\n", v[k]->isa,
+						    u32(x[i]), get16(out + 2 * i), want);
+					fail();
+				}
+			}
+		}
+	}
+	free(q);
+	free(x);
+	free(nz);
+	free(out);
+}
+
+static void test_variants_merge(void **state)
+{
+	(void)state;
+	const struct shadow__dequant_kernels *v[MAX_VARIANTS];
+	size_t nv = variants(v);
+
+	for (size_t n = 1; n <= MAX_N + 40; n++) {
+		uint16_t *x = malloc(n * sizeof(uint16_t));
+		uint8_t *hi = malloc(n), *lo = malloc(n), *out = malloc(2 * n + 3);
+
+		assert_non_null(x);
+		assert_non_null(hi);
+		assert_non_null(lo);
+		assert_non_null(out);
+		for (size_t i = 0; i < n; i++)
+			x[i] = (uint16_t)rnd();
+		shadow__split_planes(x, n, hi, lo);
+		for (size_t i = 0; i < n; i++) {
+			assert_int_equal(hi[i], x[i] >> 8);
+			assert_int_equal(lo[i], x[i] & 0xff);
+		}
+		for (size_t k = 0; k < nv; k++) {
+			for (size_t off = 0; off < 4; off++) {
+				memset(out, 0xa5, 2 * n + 3);
+				v[k]->merge_planes(hi, lo, out + off, n - (off ? 1 : 0));
+				size_t m = n - (off ? 1 : 0);
+
+				for (size_t i = 0; i < m; i++)
+					if (get16(out + off + 2 * i) != x[i]) {
+						print_error("%s merge n %zu off %zu i %zu\n",
+							    v[k]->isa, m, off, i);
+						fail();
+					}
+				for (size_t i = off + 2 * m; i < 2 * n + 3; i++)
+					assert_int_equal(out[i], 0xa5);
+			}
+		}
+		free(x);
+		free(hi);
+		free(lo);
+		free(out);
+	}
+}
+
+static void test_variants_unpack(void **state)
+{
+	(void)state;
+	const struct shadow__dequant_kernels *v[MAX_VARIANTS];
+	size_t nv = variants(v);
+
+	for (unsigned bits = 2; bits <= 8; bits++) {
+		for (size_t n = 1; n <= MAX_N; n++) {
+			size_t pn = (n * bits + 7) / 8;
+			uint8_t *sym = malloc(n), *packed = malloc(pn), *q = malloc(n + 1);
+
+			assert_non_null(sym);
+			assert_non_null(packed);
+			assert_non_null(q);
+			for (size_t i = 0; i < n; i++)
+				sym[i] = (uint8_t)(rnd() & ((1u << bits) - 1u));
+			assert_int_equal(shadow__pack_bits(sym, n, bits, packed), pn);
+			for (size_t k = 0; k < nv; k++) {
+				for (size_t off = 0; off < 2; off++) {
+					memset(q, 0xa5, n + 1);
+					v[k]->unpack_bits(packed, bits, q + off, n - off);
+					if (memcmp(q + off, sym, n - off) != 0) {
+						print_error("%s unpack bits %u n %zu off %zu\n",
+							    v[k]->isa, bits, n - off, off);
+						fail();
+					}
+					assert_int_equal(q[n], 0xa5);
+					if (off)
+						assert_int_equal(q[0], 0xa5);
+				}
+			}
+			free(sym);
+			free(packed);
+			free(q);
+		}
+	}
+}
+
+/* ---- (b) dispatch ---- */
+
+static const char *forced_kernels(const char *isa)
+{
+	setenv("SHADOW_FORCE_ISA", isa, 1);
+	shadow__cpu_features_reset_for_testing();
+	shadow__dequant_reset_for_testing();
+	const char *name = shadow__dequant_kernels()->isa;
+
+	/* Sticks, as the features do, until reset. */
+	unsetenv("SHADOW_FORCE_ISA");
+	assert_string_equal(shadow__dequant_kernels()->isa, name);
+	return name;
+}
+
+static void test_dispatch(void **state)
+{
+	(void)state;
+	const struct shadow__dequant_kernels *v[MAX_VARIANTS];
+	size_t nv;
+
+	reset_all(NULL);
+	nv = variants(v);
+	/* Unforced: the best variant, the last one listed. */
+	assert_ptr_equal(shadow__dequant_kernels(), v[nv - 1]);
+	assert_ptr_equal(shadow__dequant_kernels(), shadow__dequant_kernels());
+
+	bool has_avx2 = false, has_avx512 = false, has_neon = false;
+
+	for (size_t i = 0; i < nv; i++) {
+		has_avx2 |= strcmp(v[i]->isa, "avx2") == 0;
+		has_avx512 |= strcmp(v[i]->isa, "avx512") == 0;
+		has_neon |= strcmp(v[i]->isa, "neon") == 0;
+	}
+	assert_string_equal(forced_kernels("scalar"), "scalar");
+	/* Forced down, the list shrinks with the features. */
+	assert_int_equal(shadow__dequant_variants(v, MAX_VARIANTS), 1);
+	assert_string_equal(forced_kernels("avx2"), has_avx2 ? "avx2" : "scalar");
+	assert_string_equal(forced_kernels("avx512"),
+			    has_avx512 ? "avx512" : has_avx2 ? "avx2" : "scalar");
+	assert_string_equal(forced_kernels("neon"), has_neon ? "neon" : "scalar");
+	/* max smaller than the count: writes max, returns the count. */
+	reset_all(NULL);
+	const struct shadow__dequant_kernels *one[1] = { NULL };
+
+	assert_int_equal(shadow__dequant_variants(one, 1), nv);
+	assert_ptr_equal(one[0], v[0]);
+	assert_int_equal(shadow__dequant_variants(NULL, 0), nv);
+}
+
+/* ---- (c) quantize -> dequantize ---- */
+
+struct frame_cfg {
+	uint32_t n_tokens, n_heads, head_dim, bits, axis, group, rule;
+	float step_mul;
+};
+
+/*
+ * Fill a frame: per-channel offsets and scales (some outlier channels), constant channels, a
+ * few outlier elements, and optionally a few non-finite elements.
+ */
+static void fill_frame(float *x, const struct frame_cfg *c, bool nonfinite)
+{
+	size_t C = (size_t)c->n_heads * c->head_dim;
+	float off[512], sc[512];
+
+	assert_true(C <= 512);
+	for (size_t j = 0; j < C; j++) {
+		off[j] = rnd_uniform(-2.0f, 2.0f);
+		sc[j] = (rnd() & 15) == 0 ? rnd_uniform(5.0f, 20.0f) : rnd_uniform(0.01f, 1.0f);
+		if (j % 13 == 4) { /* a large offset against a small spread: float rounding of */
+			off[j] = 700.0f + (float)j; /* the decoded grid decides near-ties */
+			sc[j] = 0.002f;
+		}
+	}
+	for (size_t t = 0; t < c->n_tokens; t++) {
+		for (size_t j = 0; j < C; j++) {
+			float v = off[j] + sc[j] * rnd_normal();
+
+			if ((j % 97) == 5)
+				v = 1.0009765625f + (float)(j % 3); /* constant channel */
+			if ((j % 89) == 7)
+				v = 0.1f; /* constant, not a bf16 */
+			if (t == 3 && (rnd() & 31) == 0)
+				v *= 50.0f; /* outlier */
+			x[t * C + j] = v;
+		}
+	}
+	if (nonfinite) {
+		x[0] = f32(0x7fc00000u);
+		x[C + 1] = __builtin_inff();
+		x[2 * C + 2] = -__builtin_inff();
+	}
+}
+
+static void check_frame(const struct frame_cfg *c, bool nonfinite)
+{
+	struct shadow__quant_params p = {
+		.n_tokens = c->n_tokens, .n_heads = c->n_heads, .head_dim = c->head_dim,
+		.bits = c->bits, .axis = c->axis,
+		.group_tokens = c->axis == SHADOW_GROUP_KEYS ? c->group : 0,
+		.group_channels = c->axis == SHADOW_GROUP_VALUES ? c->group : 0,
+		.scale_rule = c->rule, .step_mul = c->step_mul,
+	};
+	size_t C = (size_t)c->n_heads * c->head_dim, n = c->n_tokens * C;
+	size_t ng = shadow__quant_n_groups(&p);
+	size_t want_ng = c->axis == SHADOW_GROUP_KEYS
+				 ? (size_t)((c->n_tokens + c->group - 1) / c->group) * C
+				 : n / c->group;
+	uint32_t maxq = (1u << c->bits) - 1u;
+
+	assert_int_equal(ng, want_ng);
+	float *x = malloc(n * sizeof(float));
+	uint8_t *q = malloc(n), *out = malloc(2 * C);
+	uint16_t *par = malloc(2 * ng * sizeof(uint16_t));
+	float *sc = malloc(ng * sizeof(float)), *bi = malloc(ng * sizeof(float));
+	/* per group: sum and count for STD checks */
+	double *sum = calloc(ng, sizeof(double)), *sq = calloc(ng, sizeof(double));
+	uint32_t *cnt = calloc(ng, sizeof(uint32_t));
+	float *gmin = malloc(ng * sizeof(float)), *gmax = malloc(ng * sizeof(float));
+
+	assert_true(x && q && out && par && sc && bi && sum && sq && cnt && gmin && gmax);
+	fill_frame(x, c, nonfinite);
+	assert_int_equal(shadow__quantize_frame(&p, x, q, par), 0);
+	for (size_t g = 0; g < ng; g++) {
+		sc[g] = shadow__bf16_to_float(par[g]);
+		bi[g] = shadow__bf16_to_float(par[ng + g]);
+		assert_true(sc[g] - sc[g] == 0 && sc[g] >= 0); /* finite, >= 0 */
+		assert_true(bi[g] - bi[g] == 0);
+		gmin[g] = __builtin_inff();
+		gmax[g] = -__builtin_inff();
+	}
+	/* group of element (t, j) */
+#define GROUP_OF(t, j)                                                            \
+	(c->axis == SHADOW_GROUP_KEYS ? ((t) / c->group) * C + (j) \
+				      : ((t) * C + (j)) / c->group)
+	for (size_t t = 0; t < c->n_tokens; t++)
+		for (size_t j = 0; j < C; j++) {
+			float xv = x[t * C + j];
+			size_t g = GROUP_OF(t, j);
+
+			if (xv - xv != 0)
+				continue;
+			sum[g] += xv;
+			cnt[g]++;
+			gmin[g] = xv < gmin[g] ? xv : gmin[g];
+			gmax[g] = xv > gmax[g] ? xv : gmax[g];
+		}
+	for (size_t t = 0; t < c->n_tokens; t++)
+		for (size_t j = 0; j < C; j++) {
+			float xv = x[t * C + j];
+			size_t g = GROUP_OF(t, j);
+
+			if (xv - xv != 0)
+				continue;
+			double dev = (double)xv - sum[g] / cnt[g];
+
+			sq[g] += dev * dev;
+		}
+	/* Group parameters. */
+	for (size_t g = 0; g < ng; g++) {
+		if (cnt[g] == 0)
+			continue;
+		if (c->rule == SHADOW_SCALE_MINMAX) {
+			/* The grid covers the group's range. */
+			assert_true(bi[g] <= gmin[g]);
+			assert_true((double)bi[g] + (double)maxq * sc[g] >= gmax[g]);
+			/* constant and a bf16: scale 0 */
+			if (gmin[g] == gmax[g] &&
+			    shadow__bf16_to_float(shadow__float_to_bf16(gmin[g])) == gmin[g])
+				assert_true(sc[g] == 0);
+		} else {
+			/* step = step_mul * std to bf16 nearest: within 2^-8 relative (squared,
+			 * to need no sqrt) */
+			double var = sq[g] / cnt[g], s2 = (double)sc[g] * sc[g];
+			double step2 = (double)c->step_mul * c->step_mul * var;
+
+			if (var == 0)
+				assert_true(sc[g] == 0);
+			else
+				assert_true(s2 >= step2 * (1 - 1.0 / 256) * (1 - 1.0 / 256) &&
+					    s2 <= step2 * (1 + 1.0 / 256) * (1 + 1.0 / 256));
+		}
+	}
+	/* Symbols, and the error of each element. */
+	for (size_t t = 0; t < c->n_tokens; t++) {
+		for (size_t j = 0; j < C; j++) {
+			size_t i = t * C + j, g = GROUP_OF(t, j);
+			float xv = x[i], s = sc[g], b = bi[g];
+			uint32_t qq = q[i];
+
+			assert_true(qq <= maxq);
+			if (xv - xv != 0 || s == 0) {
+				assert_int_equal(qq, 0);
+				if (xv - xv == 0) /* constant group: bias is its value in bf16 */
+					assert_true(__builtin_fabs((double)b - xv) <=
+						    __builtin_fabs(xv) * 0x1p-8 + 1e-30);
+				continue;
+			}
+			float dec = (float)qq * s + b;
+			double err = __builtin_fabs((double)dec - xv);
+			/* float rounding of q * s and of the add */
+			double tol = 4 * 0x1p-24 * (__builtin_fabs(b) + (double)qq * s +
+						     __builtin_fabs(xv));
+			double top = (double)b + (double)maxq * s;
+
+			/* The nearest grid point, with the decoder's arithmetic. */
+			if (qq > 0)
+				assert_true(err <= __builtin_fabs(
+							   (double)((float)(qq - 1) * s + b) - xv));
+			if (qq < maxq)
+				assert_true(err <= __builtin_fabs(
+							   (double)((float)(qq + 1) * s + b) - xv));
+			if (xv >= b && xv <= top) {
+				if (err > s / 2 + tol) {
+					print_error("x %g q %u scale %g bias %g err %g\n", xv,
+						    qq, s, b, err);
+					fail();
+				}
+			} else {
+				assert_int_equal(c->rule, SHADOW_SCALE_STD); /* MINMAX covers */
+				assert_int_equal(qq, xv < b ? 0 : maxq);
+			}
+		}
+	}
+	/* Decode each (token, head) row as the codec does and compare with the reference. */
+	const struct shadow__dequant_kernels *k = shadow__dequant_kernels();
+
+	for (size_t t = 0; t < c->n_tokens; t++) {
+		for (size_t h = 0; h < c->n_heads; h++) {
+			size_t i0 = t * C + h * c->head_dim, d = c->head_dim;
+
+			if (c->axis == SHADOW_GROUP_KEYS) {
+				size_t g = GROUP_OF(t, h * d);
+
+				k->row_vec(q + i0, sc + g, bi + g, out, d, SHADOW_OUT_BF16);
+			} else {
+				for (size_t j = 0; j < d; j += c->group) {
+					size_t g = (i0 + j) / c->group;
+
+					k->row_scalar(q + i0 + j, sc[g], bi[g], out + 2 * j,
+						      c->group, SHADOW_OUT_BF16);
+				}
+			}
+			for (size_t j = 0; j < d; j++) {
+				size_t g = GROUP_OF(t, h * d + j);
+				float dec = (float)q[i0 + j] * sc[g] + bi[g];
+
+				assert_int_equal(get16(out + 2 * j), shadow__float_to_bf16(dec));
+			}
+		}
+	}
+#undef GROUP_OF
+	free(x);
+	free(q);
+	free(out);
+	free(par);
+	free(sc);
+	free(bi);
+	free(sum);
+	free(sq);
+	free(cnt);
+	free(gmin);
+	free(gmax);
+}
+
+static void test_roundtrip(void **state)
+{
+	(void)state;
+	static const uint32_t key_groups[] = { 1, 3, 16, 37 };
+	static const uint32_t value_groups[] = { 8, 32, 64 };
+
+	for (uint32_t bits = 2; bits <= 8; bits++) {
+		for (uint32_t rule = 0; rule < 2; rule++) {
+			float step_mul = bits >= 6 ? 0.05f : bits >= 4 ? 0.35f : 0.9f;
+
+			for (size_t gi = 0; gi < SHADOW_ARRAY_SIZE(key_groups); gi++) {
+				struct frame_cfg c = { 37, 2, 64, bits, SHADOW_GROUP_KEYS,
+						       key_groups[gi], rule, step_mul };
+
+				check_frame(&c, gi == 1);
+			}
+			for (size_t gi = 0; gi < SHADOW_ARRAY_SIZE(value_groups); gi++) {
+				struct frame_cfg c = { 19, 3, 64, bits, SHADOW_GROUP_VALUES,
+						       value_groups[gi], rule, step_mul };
+
+				check_frame(&c, gi == 2);
+			}
+		}
+	}
+	/* head_dim 128, more channels than one encoder block (256 > 128). */
+	struct frame_cfg big = { 40, 2, 128, 4, SHADOW_GROUP_KEYS, 16, SHADOW_SCALE_MINMAX, 0 };
+
+	check_frame(&big, false);
+	big.rule = SHADOW_SCALE_STD;
+	big.step_mul = 0.4f;
+	check_frame(&big, false);
+}
+
+/* Exact cases of the parameter rounding. */
+static void test_quant_exact(void **state)
+{
+	(void)state;
+	/* One value group of 4: min 1.0 (a bf16), max 4.0, 2 bits: scale exactly 1. */
+	struct shadow__quant_params p = {
+		.n_tokens = 1, .n_heads = 1, .head_dim = 4, .bits = 2,
+		.axis = SHADOW_GROUP_VALUES, .group_channels = 4,
+		.scale_rule = SHADOW_SCALE_MINMAX,
+	};
+	float x[4] = { 1.0f, 2.6f, 2.5f, 4.0f };
+	uint8_t q[4];
+	uint16_t par[2];
+
+	assert_int_equal(shadow__quant_n_groups(&p), 1);
+	assert_int_equal(shadow__quantize_frame(&p, x, q, par), 0);
+	assert_int_equal(par[0], 0x3f80); /* scale 1 */
+	assert_int_equal(par[1], 0x3f80); /* bias 1 */
+	assert_int_equal(q[0], 0);
+	assert_int_equal(q[1], 2); /* 1.6 -> 2 */
+	assert_int_equal(q[2], 2); /* 1.5 -> tie -> even 2 */
+	assert_int_equal(q[3], 3);
+
+	/* Constant group of a bf16 value: scale 0, bias the value, symbols 0. */
+	float c[4] = { -3.5f, -3.5f, -3.5f, -3.5f };
+
+	assert_int_equal(shadow__quantize_frame(&p, c, q, par), 0);
+	assert_int_equal(par[0], 0);
+	assert_int_equal(par[1], shadow__float_to_bf16(-3.5f));
+	assert_memory_equal(q, ((uint8_t[4]){ 0 }), 4);
+
+	/* STD: values -1, -1, 1, 1: mean 0, std 1; step_mul 0.5 -> step 0.5, bias -2 * 0.5. */
+	float s[4] = { -1.0f, -1.0f, 1.0f, 1.0f };
+
+	p.scale_rule = SHADOW_SCALE_STD;
+	p.step_mul = 0.5f;
+	assert_int_equal(shadow__quantize_frame(&p, s, q, par), 0);
+	assert_int_equal(par[0], shadow__float_to_bf16(0.5f));
+	assert_int_equal(par[1], shadow__float_to_bf16(-1.0f));
+	assert_int_equal(q[0], 0);
+	assert_int_equal(q[2], 3); /* (1 - -1) / 0.5 = 4, clipped to 3 */
+
+	/* STD with std 0: scale 0, bias the mean. */
+	assert_int_equal(shadow__quantize_frame(&p, c, q, par), 0);
+	assert_int_equal(par[0], 0);
+	assert_int_equal(par[1], shadow__float_to_bf16(-3.5f));
+
+	/* All non-finite: scale 0, bias 0, symbols 0. */
+	float nf[4] = { __builtin_inff(), -__builtin_inff(), f32(0x7fc00000u), f32(0xffc00001u) };
+
+	p.scale_rule = SHADOW_SCALE_MINMAX;
+	memset(q, 0xff, sizeof(q));
+	assert_int_equal(shadow__quantize_frame(&p, nf, q, par), 0);
+	assert_int_equal(par[0], 0);
+	assert_int_equal(par[1], 0);
+	assert_memory_equal(q, ((uint8_t[4]){ 0 }), 4);
+
+	/* Huge range: parameters clamp to finite bf16, no UB. */
+	float hg[4] = { -3.4e38f, 3.4e38f, 0.0f, 1.0f };
+
+	assert_int_equal(shadow__quantize_frame(&p, hg, q, par), 0);
+	assert_true((par[0] & 0x7f80u) != 0x7f80u);
+	assert_true((par[1] & 0x7f80u) != 0x7f80u);
+	for (int i = 0; i < 4; i++)
+		assert_true(q[i] <= 3);
+}
+
+static void test_bad_params(void **state)
+{
+	(void)state;
+	const struct shadow__quant_params good = {
+		.n_tokens = 8, .n_heads = 2, .head_dim = 16, .bits = 4,
+		.axis = SHADOW_GROUP_KEYS, .group_tokens = 4, .group_channels = 8,
+		.scale_rule = SHADOW_SCALE_STD, .step_mul = 0.5f,
+	};
+	float x[8 * 2 * 16] = { 0 };
+	uint8_t q[8 * 2 * 16];
+	uint16_t par[2 * 64];
+	struct shadow__quant_params p;
+
+	assert_int_equal(shadow__quant_n_groups(&good), 2 * 32);
+	assert_int_equal(shadow__quantize_frame(&good, x, q, par), 0);
+	p = good;
+	p.axis = SHADOW_GROUP_VALUES;
+	assert_int_equal(shadow__quant_n_groups(&p), 8 * 2 * 2);
+
+	struct shadow__quant_params bad[16];
+	int nb = 0;
+
+#define BAD(field, value)            \
+	do {                         \
+		bad[nb] = good;      \
+		bad[nb].field = value; \
+		nb++;                \
+	} while (0)
+	BAD(n_tokens, 0);
+	BAD(n_heads, 0);
+	BAD(head_dim, 0);
+	BAD(bits, 1);
+	BAD(bits, 9);
+	BAD(axis, 2);
+	BAD(group_tokens, 0);
+	BAD(group_tokens, 9);
+	BAD(scale_rule, 2);
+	BAD(step_mul, 0.0f);
+	BAD(step_mul, -1.0f);
+	BAD(step_mul, __builtin_inff());
+	BAD(step_mul, f32(0x7fc00000u));
+	BAD(n_tokens, UINT32_MAX); /* group_tokens fine, but... */
+	bad[nb - 1].group_tokens = UINT32_MAX;
+	bad[nb - 1].n_heads = UINT32_MAX;
+	bad[nb - 1].head_dim = UINT32_MAX; /* 2^96 elements */
+#undef BAD
+	for (int i = 0; i < nb; i++) {
+		assert_int_equal(shadow__quant_n_groups(&bad[i]), 0);
+		assert_int_equal(shadow__quantize_frame(&bad[i], x, q, par), -EINVAL);
+	}
+	/* Values: group_channels must divide head_dim; keys ignore it. */
+	p = good;
+	p.axis = SHADOW_GROUP_VALUES;
+	p.group_channels = 0;
+	assert_int_equal(shadow__quantize_frame(&p, x, q, par), -EINVAL);
+	p.group_channels = 5;
+	assert_int_equal(shadow__quantize_frame(&p, x, q, par), -EINVAL);
+	p.group_channels = 32;
+	assert_int_equal(shadow__quantize_frame(&p, x, q, par), -EINVAL);
+	p = good;
+	p.group_channels = 0;
+	assert_int_equal(shadow__quantize_frame(&p, x, q, par), 0);
+	/* MINMAX ignores step_mul. */
+	p.scale_rule = SHADOW_SCALE_MINMAX;
+	p.step_mul = -1.0f;
+	assert_int_equal(shadow__quantize_frame(&p, x, q, par), 0);
+	assert_int_equal(shadow__quant_n_groups(NULL), 0);
+	assert_int_equal(shadow__quantize_frame(NULL, x, q, par), -EINVAL);
+}
+
+/* ---- (d) conversions ---- */
+
+static void test_bf16(void **state)
+{
+	(void)state;
+	assert_int_equal(shadow__float_to_bf16(1.0f), 0x3f80);
+	assert_int_equal(shadow__float_to_bf16(-2.0f), 0xc000);
+	assert_int_equal(shadow__float_to_bf16(f32(0x3f808000u)), 0x3f80); /* tie, even down */
+	assert_int_equal(shadow__float_to_bf16(f32(0x3f818000u)), 0x3f82); /* tie, even up */
+	assert_int_equal(shadow__float_to_bf16(f32(0x3f808001u)), 0x3f81);
+	assert_int_equal(shadow__float_to_bf16(f32(0x3f807fffu)), 0x3f80);
+	assert_int_equal(shadow__float_to_bf16(f32(0x7f7fffffu)), 0x7f80); /* FLT_MAX -> inf */
+	assert_int_equal(shadow__float_to_bf16(__builtin_inff()), 0x7f80);
+	assert_int_equal(shadow__float_to_bf16(-0.0f), 0x8000);
+	assert_int_equal(shadow__float_to_bf16(f32(0x00010000u)), 0x0001); /* subnormal */
+	assert_int_equal(shadow__float_to_bf16(f32(0x00008000u)), 0x0000); /* tie to even 0 */
+	assert_int_equal(shadow__float_to_bf16(f32(0x7fc00000u)), 0x7fc0);
+	assert_int_equal(shadow__float_to_bf16(f32(0x7f800001u)), 0x7fc0); /* sNaN made quiet */
+	assert_int_equal(shadow__float_to_bf16(f32(0xff812345u)), 0xffc1);
+	for (uint32_t h = 0; h < 0x10000; h++) {
+		float f = shadow__bf16_to_float((uint16_t)h);
+
+		if (f == f)
+			assert_int_equal(shadow__float_to_bf16(f), h);
+	}
+}
+
+static void test_fp16(void **state)
+{
+	(void)state;
+	static const struct {
+		uint32_t f;
+		uint16_t h;
+	} cases[] = {
+		{ 0x3f800000u, 0x3c00 }, /* 1 */
+		{ 0xc0000000u, 0xc000 }, /* -2 */
+		{ 0xc0200000u, 0xc100 }, /* -2.5 */
+		{ 0x3dcccccdu, 0x2e66 }, /* 0.1 */
+		{ 0x3eaaaaabu, 0x3555 }, /* 1/3 */
+		{ 0x477fe000u, 0x7bff }, /* 65504 */
+		{ 0x477fefffu, 0x7bff }, /* just below 65520 */
+		{ 0x477ff000u, 0x7c00 }, /* 65520: tie, to even = overflow */
+		{ 0x7f7fffffu, 0x7c00 }, /* FLT_MAX */
+		{ 0x7f800000u, 0x7c00 }, /* inf */
+		{ 0xff800000u, 0xfc00 }, /* -inf */
+		{ 0x00000000u, 0x0000 },
+		{ 0x80000000u, 0x8000 }, /* -0 */
+		{ 0x38800000u, 0x0400 }, /* 2^-14, smallest normal */
+		{ 0x387fc000u, 0x03ff }, /* largest subnormal */
+		{ 0x33800000u, 0x0001 }, /* 2^-24, smallest subnormal */
+		{ 0x33000000u, 0x0000 }, /* 2^-25: tie, to even 0 */
+		{ 0x33000001u, 0x0001 }, /* just above 2^-25 */
+		{ 0x33c00000u, 0x0002 }, /* 1.5 * 2^-24: tie, to even 2 */
+		{ 0x34200000u, 0x0002 }, /* 2.5 * 2^-24: tie, to even 2 */
+		{ 0x3f801000u, 0x3c00 }, /* 1 + 2^-11: tie, to even */
+		{ 0x3f803000u, 0x3c02 }, /* 1 + 3 * 2^-11: tie, to even */
+		{ 0x3f801001u, 0x3c01 },
+		{ 0x387ff000u, 0x0400 }, /* rounds up from subnormal into the normal range */
+		{ 0x00000001u, 0x0000 }, /* float subnormal */
+		{ 0x80000001u, 0x8000 },
+		{ 0x7fc00000u, 0x7e00 }, /* qNaN */
+		{ 0x7f800001u, 0x7e00 }, /* sNaN made quiet */
+		{ 0xffc00000u, 0xfe00 },
+		{ 0x7fd56000u, 0x7eab }, /* payload's top bits kept */
+	};
+
+	for (size_t i = 0; i < SHADOW_ARRAY_SIZE(cases); i++) {
+		uint16_t h = shadow__float_to_fp16(f32(cases[i].f));
+
+		if (h != cases[i].h) {
+			print_error("fp16 of %08x: %04x, want %04x\n", cases[i].f, h, cases[i].h);
+			fail();
+		}
+	}
+	assert_true(shadow__fp16_to_float(0x3c00) == 1.0f);
+	assert_true(shadow__fp16_to_float(0x7bff) == 65504.0f);
+	assert_true(shadow__fp16_to_float(0x0001) == 0x1p-24f);
+	assert_true(shadow__fp16_to_float(0x03ff) == 1023 * 0x1p-24f);
+	assert_true(shadow__fp16_to_float(0x0400) == 0x1p-14f);
+	assert_int_equal(u32(shadow__fp16_to_float(0x8000)), 0x80000000u);
+	assert_int_equal(u32(shadow__fp16_to_float(0x8001)), u32(-0x1p-24f));
+	assert_int_equal(u32(shadow__fp16_to_float(0x7c00)), 0x7f800000u);
+	assert_int_equal(u32(shadow__fp16_to_float(0xfc00)), 0xff800000u);
+	assert_int_equal(u32(shadow__fp16_to_float(0x7e00)), 0x7fc00000u);
+	/* Every fp16 survives the round trip; NaNs stay NaN with their sign and quiet. */
+	for (uint32_t h = 0; h < 0x10000; h++) {
+		float f = shadow__fp16_to_float((uint16_t)h);
+		uint16_t back = shadow__float_to_fp16(f);
+
+		if ((h & 0x7c00u) == 0x7c00u && (h & 0x3ffu)) {
+			assert_int_equal(back, h | 0x200u);
+			assert_true(f != f);
+		} else {
+			assert_int_equal(back, h);
+		}
+	}
+}
+
+/* ---- (e) packing ---- */
+
+static void test_pack(void **state)
+{
+	(void)state;
+	uint8_t packed[64], q[64];
+
+	assert_int_equal(shadow__pack_bits((uint8_t[]){ 1, 2, 3, 4, 5, 6, 7, 0 }, 8, 3, packed), 3);
+	assert_memory_equal(packed, ((uint8_t[]){ 0xd1, 0x58, 0x1f }), 3);
+	assert_int_equal(shadow__pack_bits((uint8_t[]){ 3, 1, 2, 0, 1 }, 5, 2, packed), 2);
+	assert_memory_equal(packed, ((uint8_t[]){ 0x27, 0x01 }), 2);
+	/* Only the low bits count. */
+	assert_int_equal(shadow__pack_bits((uint8_t[]){ 0xff, 0xea, 0x15 }, 3, 5, packed), 2);
+	assert_memory_equal(packed, ((uint8_t[]){ 0x5f, 0x55 }), 2);
+	assert_int_equal(shadow__pack_bits((uint8_t[]){ 9, 8 }, 2, 8, packed), 2);
+	assert_memory_equal(packed, ((uint8_t[]){ 9, 8 }), 2);
+	assert_int_equal(shadow__pack_bits(q, 0, 4, packed), 0);
+	assert_int_equal(shadow__pack_bits(q, 8, 1, packed), 0);
+	assert_int_equal(shadow__pack_bits(q, 8, 9, packed), 0);
+	assert_int_equal(shadow__pack_bits(q, 8, 0, packed), 0);
+
+	/* Round trip through the chosen kernels, with n 0..64. */
+	const struct shadow__dequant_kernels *k = shadow__dequant_kernels();
+
+	for (unsigned bits = 2; bits <= 8; bits++) {
+		for (size_t n = 0; n <= 64; n++) {
+			uint8_t sym[64], back[64];
+
+			for (size_t i = 0; i < n; i++)
+				sym[i] = (uint8_t)rnd();
+			size_t pn = shadow__pack_bits(sym, n, bits, packed);
+
+			assert_int_equal(pn, (n * bits + 7) / 8);
+			k->unpack_bits(packed, bits, back, n);
+			for (size_t i = 0; i < n; i++)
+				assert_int_equal(back[i], sym[i] & ((1u << bits) - 1u));
+		}
+	}
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_variants_rows, reset_all, reset_all),
+		cmocka_unit_test_setup_teardown(test_variants_convert, reset_all, reset_all),
+		cmocka_unit_test_setup_teardown(test_variants_merge, reset_all, reset_all),
+		cmocka_unit_test_setup_teardown(test_variants_unpack, reset_all, reset_all),
+		cmocka_unit_test_setup_teardown(test_dispatch, reset_all, reset_all),
+		cmocka_unit_test_setup_teardown(test_roundtrip, reset_all, reset_all),
+		cmocka_unit_test_setup_teardown(test_quant_exact, reset_all, reset_all),
+		cmocka_unit_test_setup_teardown(test_bad_params, reset_all, reset_all),
+		cmocka_unit_test(test_bf16),
+		cmocka_unit_test(test_fp16),
+		cmocka_unit_test_setup_teardown(test_pack, reset_all, reset_all),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
