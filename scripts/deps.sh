@@ -9,7 +9,7 @@
 # lists are empty) and `apt-get install`; as another user it prints the exact command and fails.
 set -eu
 
-base="build-essential cmake pkg-config xz-utils libdeflate-dev libzstd-dev libxxhash-dev
+base="build-essential cmake pkg-config xz-utils liblzma-dev libdeflate-dev libzstd-dev libxxhash-dev
       libssl-dev libcmocka-dev redis-server redis-tools"
 fuzz="clang libclang-rt-14-dev"
 

@@ -27,6 +27,7 @@
 #include "core/alloc.h"
 #include "format/chunk.h"
 #include "kv/layout.h"
+#include "quant/pca.h"
 #include "quant/quant.h"
 
 struct shadow_codec {
@@ -35,10 +36,16 @@ struct shadow_codec {
 	size_t frame_elems;   /* chunk_tokens * n_kv_heads * head_dim */
 	struct shadow__lossless_ctx *lossless;
 	const struct shadow__dequant_kernels *kernels;
+	const struct shadow__pca_kernel *pca;
+	const struct shadow_transform *transform; /* for SHADOW_QUANT_PCA frames; not owned */
+	uint64_t transform_id;
 	/* decoder scratch */
 	uint8_t *raw;         /* frame_elems * elem: the largest raw frame */
 	float *scale, *bias;  /* frame_elems each: one group per element at the finest grouping */
 	uint8_t *row;         /* head_dim: one unpacked row of symbols */
+	float *rowf;          /* head_dim: one PCA key row before its rotation */
+	float *rope_cs;       /* chunk_tokens x head_dim: cos/sin table of rope_position */
+	uint64_t rope_position, rope_id; /* what rope_cs holds (rope_id 0: nothing) */
 	/* encoder scratch, allocated on first encode */
 	void *canon;          /* frame_elems * elem: the frame gathered in canonical order */
 	float *xf;            /* frame_elems floats */
@@ -64,6 +71,7 @@ int shadow_codec_create(const struct shadow_kv_geometry *geom, struct shadow_cod
 	c->elem = shadow_dtype_nbytes(geom->dtype);
 	c->frame_elems = (size_t)geom->chunk_tokens * geom->n_kv_heads * geom->head_dim;
 	c->kernels = shadow__dequant_kernels();
+	c->pca = shadow__pca_kernel();
 	err = shadow__lossless_ctx_create(&c->lossless);
 	if (err != 0)
 		goto fail;
@@ -71,7 +79,11 @@ int shadow_codec_create(const struct shadow_kv_geometry *geom, struct shadow_cod
 	c->scale = shadow__alloc_aligned(c->frame_elems * sizeof(float), SHADOW_CACHE_LINE);
 	c->bias = shadow__alloc_aligned(c->frame_elems * sizeof(float), SHADOW_CACHE_LINE);
 	c->row = shadow__alloc_aligned(geom->head_dim, SHADOW_CACHE_LINE);
-	if (c->raw == NULL || c->scale == NULL || c->bias == NULL || c->row == NULL) {
+	c->rowf = shadow__alloc_aligned(geom->head_dim * sizeof(float), SHADOW_CACHE_LINE);
+	c->rope_cs = shadow__alloc_aligned((size_t)geom->chunk_tokens * geom->head_dim *
+					   sizeof(float), SHADOW_CACHE_LINE);
+	if (c->raw == NULL || c->scale == NULL || c->bias == NULL || c->row == NULL ||
+	    c->rowf == NULL || c->rope_cs == NULL) {
 		err = -ENOMEM;
 		goto fail;
 	}
@@ -91,50 +103,88 @@ void shadow_codec_free(struct shadow_codec *c)
 	shadow__free_aligned(c->scale);
 	shadow__free_aligned(c->bias);
 	shadow__free_aligned(c->row);
+	shadow__free_aligned(c->rowf);
+	shadow__free_aligned(c->rope_cs);
 	shadow__free_aligned(c->canon);
 	shadow__free_aligned(c->xf);
 	shadow__free_aligned(c->sym);
 	free(c);
 }
 
+int shadow_codec_set_transform(struct shadow_codec *c, const struct shadow_transform *t)
+{
+	uint32_t n_layers, n_kv_heads, head_dim;
+
+	if (c == NULL)
+		return -EINVAL;
+	if (t != NULL) {
+		shadow__transform_shape(t, &n_layers, &n_kv_heads, &head_dim);
+		if (n_layers != c->geom.n_layers || n_kv_heads != c->geom.n_kv_heads ||
+		    head_dim != c->geom.head_dim)
+			return SHADOW_EGEOMETRY;
+	}
+	c->transform = t;
+	c->transform_id = t != NULL ? shadow_transform_id(t) : 0;
+	return 0;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Encoder                                                                                    */
 /* ------------------------------------------------------------------------------------------ */
 
-/* How one frame will be written. */
-struct frame_plan {
-	uint32_t quant, bits, flags, group, codec;
-	uint32_t raw_nbytes, params_nbytes;
-};
+/*
+ * How one frame will be written: its table entry as far as the options decide it (quant,
+ * bits, flags, groups, codec, raw and params sizes); offsets, payload size and checksum are
+ * filled in as it is written.
+ */
+static uint32_t group_or(uint32_t asked, uint32_t dflt, uint32_t max)
+{
+	return asked == 0 ? dflt : SHADOW_MIN(asked, max);
+}
 
 static int plan_frame(const struct shadow_codec *c, const struct shadow_codec_options *o,
-		      uint32_t frame, struct frame_plan *p)
+		      uint32_t frame, struct shadow__frame_entry *e)
 {
-	uint32_t layer = frame / 2, kind = frame % 2, k_bits, v_bits;
+	const struct shadow_kv_geometry *g = &c->geom;
+	uint32_t layer = frame / 2, kind = frame % 2, k_bits, v_bits, gt, gc;
 
-	p->quant = o->quant;
-	p->codec = o->codec;
-	p->flags = 0;
-	p->group = 0;
-	p->bits = (uint32_t)(8 * c->elem);
+	memset(e, 0, sizeof(*e));
+	e->quant = (uint8_t)o->quant;
+	e->codec = (uint8_t)o->codec;
+	e->bits = (uint8_t)(8 * c->elem);
+	if (o->quant == SHADOW_QUANT_PCA) {
+		/* One step per head over the chunk (the format fixes it). */
+		e->group_tokens = (uint16_t)g->chunk_tokens;
+		e->group_channels = (uint16_t)g->head_dim;
+		e->bits = 16;
+	} else if (o->quant == SHADOW_QUANT_UNIFORM || o->quant == SHADOW_QUANT_ECSQ) {
+		/* Defaults: keys per channel over the chunk (KIVI); values per token (uniform) or
+		 * per head over the chunk (ECSQ: with no clipping, one step serves every token). */
+		if (kind == SHADOW_KV_K) {
+			gt = group_or(o->k_group_tokens, g->chunk_tokens, g->chunk_tokens);
+			gc = group_or(o->k_group_channels, 1, g->head_dim);
+		} else {
+			gt = group_or(o->v_group_tokens, o->quant == SHADOW_QUANT_ECSQ ? g->chunk_tokens : 1,
+				      g->chunk_tokens);
+			gc = group_or(o->v_group_channels, g->head_dim, g->head_dim);
+		}
+		if (gt > 65535 || gc > 65535)
+			return -EINVAL;
+		e->group_tokens = (uint16_t)gt;
+		e->group_channels = (uint16_t)gc;
+	}
 	if (o->quant == SHADOW_QUANT_UNIFORM) {
 		shadow__codec_layer_bits(o, layer, &k_bits, &v_bits);
-		p->bits = kind == SHADOW_KV_K ? k_bits : v_bits;
-		if (kind == SHADOW_KV_K)
-			p->group = o->k_group_tokens != 0 ? SHADOW_MIN(o->k_group_tokens, c->geom.chunk_tokens)
-							  : c->geom.chunk_tokens;
-		else
-			p->group = o->v_group_channels != 0 ? o->v_group_channels : c->geom.head_dim;
+		e->bits = (uint8_t)(kind == SHADOW_KV_K ? k_bits : v_bits);
 		/* Without an entropy stage, symbols below 8 bits are bit-packed, provided every
 		 * row starts on a byte (head_dim * bits a multiple of 8: any head_dim of 8k). */
-		if (o->codec == SHADOW_CODEC_NONE && p->bits < 8 && (c->geom.head_dim * p->bits) % 8 == 0)
-			p->flags = SHADOW_CHUNK_FLAG_PACKED;
+		if (o->codec == SHADOW_CODEC_NONE && e->bits < 8 && (g->head_dim * e->bits) % 8 == 0)
+			e->flags = SHADOW_CHUNK_FLAG_PACKED;
 	}
-	if (p->group > 65535)
-		return -EINVAL;
-	if (shadow__frame_sizes(&c->geom, c->geom.chunk_tokens, kind, p->quant, p->bits, p->flags,
-				p->group, &p->raw_nbytes, &p->params_nbytes) != 0)
-		return -EINVAL; /* e.g. a value group that does not divide head_dim */
+	if (o->quant == SHADOW_QUANT_ECSQ)
+		e->bits = 16;
+	if (shadow__frame_sizes(g, g->chunk_tokens, e, &e->raw_nbytes, &e->params_nbytes) != 0)
+		return -EINVAL; /* e.g. a channel group that does not divide head_dim */
 	return 0;
 }
 
@@ -147,7 +197,7 @@ uint64_t shadow_chunk_encode_bound(const struct shadow_codec *c,
 				   const struct shadow_codec_options *opts)
 {
 	struct shadow_codec_options o;
-	struct frame_plan p;
+	struct shadow__frame_entry p;
 	uint64_t meta, total = 0;
 
 	if (c == NULL || shadow__codec_options_load(opts, &o) != 0)
@@ -215,11 +265,12 @@ static float elem_to_float(const struct shadow_codec *c, const uint16_t *x, size
  * `params` in the container. *raw_ret points at the raw bytes (scratch owned by c).
  */
 static int build_raw(struct shadow_codec *c, const struct shadow_codec_options *o,
-		     const struct frame_plan *p, uint32_t kind, uint8_t *params,
-		     const uint8_t **raw_ret)
+		     const struct shadow__frame_entry *p, uint32_t layer, uint32_t kind,
+		     uint64_t first_position, uint8_t *params, const uint8_t **raw_ret)
 {
 	const uint16_t *x = c->canon;
 	size_t n = c->frame_elems;
+	int err;
 
 	switch (p->quant) {
 	case SHADOW_QUANT_NONE:
@@ -238,17 +289,34 @@ static int build_raw(struct shadow_codec *c, const struct shadow_codec_options *
 		.n_tokens = c->geom.chunk_tokens,
 		.n_heads = c->geom.n_kv_heads,
 		.head_dim = c->geom.head_dim,
-		.bits = p->bits,
-		.axis = kind == SHADOW_KV_K ? SHADOW_GROUP_KEYS : SHADOW_GROUP_VALUES,
-		.group_tokens = kind == SHADOW_KV_K ? p->group : 0,
-		.group_channels = kind == SHADOW_KV_V ? p->group : 0,
+		.bits = p->quant == SHADOW_QUANT_UNIFORM ? p->bits : 8,
+		.group_tokens = p->group_tokens,
+		.group_channels = p->group_channels,
 		.scale_rule = o->scale_rule,
 		.step_mul = o->step_mul,
 	};
 	/* Parameters come back in native order; the decoder arrays (4 bytes per element, at most
 	 * 4 bytes of parameters per element) hold them until they are stored little-endian. */
 	uint16_t *par = (uint16_t *)(void *)c->scale;
-	int err = shadow__quantize_frame(&qp, c->xf, c->sym, par);
+	if (p->quant == SHADOW_QUANT_PCA) {
+		uint32_t heads = c->geom.n_kv_heads;
+		err = shadow__pca_quantize_frame(c->transform, layer, kind, first_position,
+						 c->geom.chunk_tokens, c->xf, o->step_mul, c->sym,
+						 c->sym + n, par);
+		if (err != 0)
+			return err;
+		/* scale[h] = the step, bias[h] = 0, then the transform's id */
+		memset(par + heads, 0, heads * sizeof(*par));
+		for (uint32_t i = 0; i < 2 * heads; i++)
+			shadow__store_le16(params + 2 * i, par[i]);
+		shadow__store_le64(params + 4 * heads, c->transform_id);
+		*raw_ret = c->sym;
+		return 0;
+	}
+	if (p->quant == SHADOW_QUANT_ECSQ)
+		err = shadow__quantize_frame_ecsq(&qp, c->xf, c->sym, c->sym + n, par);
+	else
+		err = shadow__quantize_frame(&qp, c->xf, c->sym, par);
 	if (err != 0)
 		return err;
 	for (uint32_t i = 0; i < p->params_nbytes / 2; i++)
@@ -263,18 +331,23 @@ static int build_raw(struct shadow_codec *c, const struct shadow_codec_options *
 }
 
 /*
- * The lossless stage of one frame. Planes are compressed as two streams, high bytes then low
- * bytes, behind a u32 size of the first: one stream per plane keeps a Huffman table per plane
- * (zstd-1 on the shared dumps: 1.51-1.54x as two streams, 1.38-1.40x as one).
+ * The lossless stage of one frame. Byte planes (planes, ECSQ) are compressed as two streams,
+ * one per plane, behind a u32 size of the first: a Huffman table per plane (zstd-1 on the
+ * shared dumps, planes: 1.51-1.54x as two streams, 1.38-1.40x as one).
  */
-static int compress_raw(struct shadow_codec *c, const struct frame_plan *p, int level,
+static bool two_streams(uint32_t quant)
+{
+	return quant == SHADOW_QUANT_PLANES || quant == SHADOW_QUANT_ECSQ || quant == SHADOW_QUANT_PCA;
+}
+
+static int compress_raw(struct shadow_codec *c, const struct shadow__frame_entry *p, int level,
 			const uint8_t *raw, uint8_t *dst, size_t dst_cap, size_t *nbytes_ret)
 {
 	enum shadow__lossless codec = (enum shadow__lossless)p->codec;
 	size_t hi_nbytes, lo_nbytes, half = p->raw_nbytes / 2;
 	int err;
 
-	if (p->quant != SHADOW_QUANT_PLANES || codec == SHADOW_LOSSLESS_NONE)
+	if (!two_streams(p->quant) || codec == SHADOW_LOSSLESS_NONE)
 		return shadow__lossless_compress(c->lossless, codec, level, raw, p->raw_nbytes, dst,
 						 dst_cap, nbytes_ret);
 	if (dst_cap < 4)
@@ -299,7 +372,7 @@ static int decompress_raw(struct shadow_codec *c, const struct shadow__frame_ent
 	enum shadow__lossless codec = (enum shadow__lossless)e->codec;
 	size_t half = e->raw_nbytes / 2;
 
-	if (e->quant != SHADOW_QUANT_PLANES)
+	if (!two_streams(e->quant))
 		return shadow__lossless_decompress(c->lossless, codec, payload, e->payload_nbytes,
 						   c->raw, e->raw_nbytes) == 0 ? 0 : SHADOW_ECORRUPT;
 	if (e->payload_nbytes < 4)
@@ -315,7 +388,7 @@ static int decompress_raw(struct shadow_codec *c, const struct shadow__frame_ent
 }
 
 int shadow_chunk_encode(struct shadow_codec *c, const struct shadow_codec_options *opts,
-			const struct shadow_chunk_key *key, const void *region,
+			const struct shadow_chunk_key *key, uint32_t chunk_index, const void *region,
 			const struct shadow_kv_layout *layout, const uint32_t *block_ids, void *dst,
 			size_t dst_cap, size_t *nbytes_ret)
 {
@@ -330,6 +403,8 @@ int shadow_chunk_encode(struct shadow_codec *c, const struct shadow_codec_option
 	    dst == NULL || nbytes_ret == NULL)
 		return -EINVAL;
 	if (shadow__codec_options_load(opts, &o) != 0)
+		return -EINVAL;
+	if (o.quant == SHADOW_QUANT_PCA && c->transform == NULL)
 		return -EINVAL;
 	err = shadow_layout_validate(layout, &c->geom);
 	if (err != 0)
@@ -347,7 +422,7 @@ int shadow_chunk_encode(struct shadow_codec *c, const struct shadow_codec_option
 	meta = SHADOW_CHUNK_HEADER_NBYTES + (size_t)n_frames * SHADOW_CHUNK_ENTRY_NBYTES;
 	params_at = meta;
 	for (uint32_t f = 0; f < n_frames; f++) {
-		struct frame_plan p;
+		struct shadow__frame_entry p;
 		err = plan_frame(c, &o, f, &p);
 		if (err != 0)
 			return err;
@@ -362,42 +437,36 @@ int shadow_chunk_encode(struct shadow_codec *c, const struct shadow_codec_option
 
 	payload_at = meta;
 	for (uint32_t f = 0; f < n_frames; f++) {
-		struct frame_plan p;
-		struct shadow__frame_entry e = { 0 };
+		struct shadow__frame_entry e;
 		const uint8_t *raw;
 		size_t payload_nbytes;
 
-		plan_frame(c, &o, f, &p); /* succeeded above */
+		plan_frame(c, &o, f, &e); /* succeeded above */
 		err = gather_frame(c, region, layout, block_ids, f / 2, f % 2);
 		if (err == 0)
-			err = build_raw(c, &o, &p, f % 2, out + params_at, &raw);
+			err = build_raw(c, &o, &e, f / 2, f % 2,
+					(uint64_t)chunk_index * c->geom.chunk_tokens, out + params_at,
+					&raw);
 		if (err != 0)
 			return err;
-		e.codec = (uint8_t)p.codec;
-		err = compress_raw(c, &p, o.level, raw, out + payload_at, dst_cap - payload_at,
+		err = compress_raw(c, &e, o.level, raw, out + payload_at, dst_cap - payload_at,
 				   &payload_nbytes);
 		/* A frame that does not shrink (or does not fit compressed) is stored raw. */
-		if (p.codec != SHADOW_CODEC_NONE &&
-		    ((err == 0 && payload_nbytes >= p.raw_nbytes) || err == -ENOBUFS)) {
+		if (e.codec != SHADOW_CODEC_NONE &&
+		    ((err == 0 && payload_nbytes >= e.raw_nbytes) || err == -ENOBUFS)) {
 			e.codec = SHADOW_CODEC_NONE;
 			err = shadow__lossless_compress(c->lossless, SHADOW_LOSSLESS_NONE, 0, raw,
-							p.raw_nbytes, out + payload_at,
+							e.raw_nbytes, out + payload_at,
 							dst_cap - payload_at, &payload_nbytes);
 		}
 		if (err != 0)
 			return err;
 		e.payload_offset = payload_at;
 		e.payload_nbytes = (uint32_t)payload_nbytes;
-		e.raw_nbytes = p.raw_nbytes;
-		e.params_offset = p.params_nbytes != 0 ? (uint32_t)params_at : 0;
-		e.params_nbytes = p.params_nbytes;
-		e.quant = (uint8_t)p.quant;
-		e.bits = (uint8_t)p.bits;
-		e.flags = (uint8_t)p.flags;
-		e.group = (uint16_t)p.group;
-		e.raw_checksum = shadow__raw_checksum(raw, p.raw_nbytes);
+		e.params_offset = e.params_nbytes != 0 ? (uint32_t)params_at : 0;
+		e.raw_checksum = shadow__raw_checksum(raw, e.raw_nbytes);
 		shadow__frame_entry_write(out, f, &e);
-		params_at += p.params_nbytes;
+		params_at += e.params_nbytes;
 		payload_at += payload_nbytes;
 	}
 
@@ -405,6 +474,7 @@ int shadow_chunk_encode(struct shadow_codec *c, const struct shadow_codec_option
 	fields.key = *key;
 	fields.geom = c->geom;
 	fields.n_tokens = c->geom.chunk_tokens;
+	fields.chunk_index = chunk_index;
 	fields.n_frames = n_frames;
 	fields.meta_nbytes = (uint32_t)meta;
 	fields.total_nbytes = payload_at;
@@ -437,39 +507,110 @@ static void unpack_planes(const struct shadow_codec *c, const struct shadow__sta
 			c->kernels->merge_planes(hi, lo, stage + shadow__stage_map_offset(m, t, h), d);
 }
 
-static void unpack_uniform(struct shadow_codec *c, const struct shadow__stage_map *m,
-			   const struct shadow__frame_entry *e, uint32_t kind, const uint8_t *params,
-			   const uint8_t *raw, uint8_t *stage)
+/*
+ * PCA frames: each (token, head) row of coefficient symbols goes through the inverse
+ * transform of its (layer, kind, head) straight into the staging image.
+ */
+static int unpack_pca(struct shadow_codec *c, const struct shadow__stage_map *m,
+		      const struct shadow__frame_entry *e, uint32_t layer, uint32_t kind,
+		      uint64_t first_position, const uint8_t *params, const uint8_t *raw,
+		      uint8_t *stage)
 {
-	const struct shadow__dequant_kernels *k = c->kernels;
 	enum shadow__out_dtype dt = (enum shadow__out_dtype)c->geom.dtype;
 	uint32_t d = c->geom.head_dim, heads = c->geom.n_kv_heads;
-	uint32_t n_groups = e->params_nbytes / 4;
-	bool packed = e->flags & SHADOW_CHUNK_FLAG_PACKED;
-	size_t row_packed = (size_t)d * e->bits / 8; /* head_dim * bits is a multiple of 8 */
+	const uint8_t *hi_plane = raw + c->frame_elems;
+	bool rope = kind == SHADOW_KV_K && shadow__transform_has_rope(c->transform);
 
+	(void)e;
+	/* Coded with another transform (or none here): undecodable, which the engine treats
+	 * as a miss. */
+	if (c->transform == NULL || shadow__load_le64(params + 4 * heads) != c->transform_id)
+		return SHADOW_EUNSUPPORTED;
+	for (uint32_t h = 0; h < heads; h++)
+		c->scale[h] = shadow__bf16_to_float(shadow__load_le16(params + 2 * h));
+	/* The rotation table of this chunk's positions: made once per chunk and transform, and
+	 * kept for the chunk's other key frames. */
+	if (rope && (c->rope_id != c->transform_id || c->rope_position != first_position)) {
+		shadow__rope_table(c->transform, first_position, c->geom.chunk_tokens, c->rope_cs);
+		c->rope_id = c->transform_id;
+		c->rope_position = first_position;
+	}
+	for (uint32_t t = 0; t < c->geom.chunk_tokens; t++) {
+		for (uint32_t h = 0; h < heads; h++) {
+			size_t row = ((size_t)t * heads + h) * d;
+			const float *mean = shadow__transform_mean(c->transform, layer, kind, h);
+			const float *basis = shadow__transform_basis(c->transform, layer, kind, h);
+			uint8_t *out = stage + shadow__stage_map_offset(m, t, h);
+
+			if (!rope) {
+				c->pca->row(raw + row, hi_plane + row, c->scale[h], mean, basis, out,
+					    d, dt);
+				continue;
+			}
+			c->pca->row(raw + row, hi_plane + row, c->scale[h], mean, basis, c->rowf, d,
+				    SHADOW_OUT_F32);
+			shadow__rope_apply_round(c->rowf, c->rope_cs + (size_t)t * d, out, d, dt);
+		}
+	}
+	return 0;
+}
+
+/* A grouped frame's parameters, bf16 in the container, as floats in c->scale and c->bias. */
+static void load_params(struct shadow_codec *c, const struct shadow__frame_entry *e,
+			const uint8_t *params)
+{
+	uint32_t n_groups = e->params_nbytes / 4;
 	for (uint32_t i = 0; i < n_groups; i++) {
 		c->scale[i] = shadow__bf16_to_float(shadow__load_le16(params + 2 * i));
 		c->bias[i] = shadow__bf16_to_float(shadow__load_le16(params + 2 * (n_groups + i)));
 	}
+}
+
+/*
+ * Uniform and ECSQ frames: one (token, head) row of head_dim symbols at a time, dequantized
+ * straight into its place in the staging image. Groups are tiles of group_tokens x
+ * group_channels ordered [token group][head][channel group]: per-channel groups use the vector
+ * kernels (a scale per element), wider ones the scalar kernels, one call per group.
+ */
+static void unpack_grouped(struct shadow_codec *c, const struct shadow__stage_map *m,
+			   const struct shadow__frame_entry *e, const uint8_t *raw, uint8_t *stage)
+{
+	const struct shadow__dequant_kernels *k = c->kernels;
+	enum shadow__out_dtype dt = (enum shadow__out_dtype)c->geom.dtype;
+	uint32_t d = c->geom.head_dim, heads = c->geom.n_kv_heads, gc = e->group_channels;
+	uint32_t per_row = d / gc;
+	bool ecsq = e->quant == SHADOW_QUANT_ECSQ;
+	bool packed = e->flags & SHADOW_CHUNK_FLAG_PACKED;
+	size_t row_packed = (size_t)d * e->bits / 8; /* head_dim * bits is a multiple of 8 */
+	const uint8_t *hi_plane = raw + c->frame_elems; /* ECSQ: high bytes after the low bytes */
+
 	for (uint32_t t = 0; t < c->geom.chunk_tokens; t++) {
+		size_t group_row = (size_t)(t / e->group_tokens) * heads;
 		for (uint32_t h = 0; h < heads; h++) {
 			size_t row = (size_t)t * heads + h;
-			const uint8_t *q = raw + row * d;
+			size_t g = (group_row + h) * per_row;
+			const uint8_t *q = raw + row * d, *hi = hi_plane + row * d;
 			uint8_t *out = stage + shadow__stage_map_offset(m, t, h);
+
 			if (packed) {
 				k->unpack_bits(raw + row * row_packed, e->bits, c->row, d);
 				q = c->row;
 			}
-			if (kind == SHADOW_KV_K) {
-				size_t g = ((size_t)(t / e->group) * heads + h) * d;
-				k->row_vec(q, c->scale + g, c->bias + g, out, d, dt);
-			} else {
-				uint32_t per_head = d / e->group;
-				size_t g = row * per_head;
-				for (uint32_t j = 0; j < per_head; j++)
-					k->row_scalar(q + j * e->group, c->scale[g + j], c->bias[g + j],
-						      out + (size_t)j * e->group * c->elem, e->group, dt);
+			if (gc == 1) {
+				if (ecsq)
+					k->row_vec_zz(q, hi, c->scale + g, c->bias + g, out, d, dt);
+				else
+					k->row_vec(q, c->scale + g, c->bias + g, out, d, dt);
+				continue;
+			}
+			for (uint32_t j = 0; j < per_row; j++) {
+				size_t at = (size_t)j * gc;
+				uint8_t *o = out + at * c->elem;
+				if (ecsq)
+					k->row_scalar_zz(q + at, hi + at, c->scale[g + j], c->bias[g + j],
+							 o, gc, dt);
+				else
+					k->row_scalar(q + at, c->scale[g + j], c->bias[g + j], o, gc, dt);
 			}
 		}
 	}
@@ -516,8 +657,13 @@ int shadow_chunk_decode_frame(struct shadow_codec *c, const struct shadow_chunk_
 	case SHADOW_QUANT_PLANES:
 		unpack_planes(c, &m, raw, stage);
 		break;
+	case SHADOW_QUANT_PCA:
+		return unpack_pca(c, &m, &e, frame / 2, frame % 2,
+				  (uint64_t)view->chunk_index * g->chunk_tokens,
+				  view->base + e.params_offset, raw, stage);
 	default:
-		unpack_uniform(c, &m, &e, frame % 2, view->base + e.params_offset, raw, stage);
+		load_params(c, &e, view->base + e.params_offset);
+		unpack_grouped(c, &m, &e, raw, stage);
 		break;
 	}
 	return 0;

@@ -3,10 +3,12 @@
  *
  * Grammar (docs/format.md, "Scheme names"):
  *   scheme  = quant "+" codec
- *   quant   = ("bf16" | "bf16planes" | "int8" | "bits" 2..7) { suffix }
+ *   quant   = ("bf16" | "bf16planes" | "int8" | "bits" 2..7 | "ecsq" | "pca") { suffix }
  *   suffix  = "-g" N      key scale group, tokens
  *           | "-c" N      value scale group, channels
- *           | "-s" X      std rule, step = X * std
+ *           | "-k" T "x" C | "-v" T "x" C     key / value scale group, tokens x channels
+ *           | "-s" X      std rule, step = X * std (required for ecsq and pca)
+ * pca takes only -s: its groups are fixed (one step per head per frame).
  *           | "-L" layer "=" kbits "/" vbits     layer-group precision, from that layer on
  *   codec   = "none" | "deflate" [level] | "zstd" level
  */
@@ -40,18 +42,28 @@ int shadow__codec_options_load(const struct shadow_codec_options *in,
 	memcpy(out, in, n);
 	out->sizeof_options = sizeof(*out);
 
-	if (out->quant > SHADOW_QUANT_UNIFORM || out->codec > SHADOW_CODEC_ZSTD)
+	if (out->quant > SHADOW_QUANT_PCA || out->codec > SHADOW_CODEC_ZSTD)
+		return -EINVAL;
+	if (out->quant == SHADOW_QUANT_PCA &&
+	    (out->scale_rule != SHADOW_SCALE_STD || !(out->step_mul > 0.0f && out->step_mul < 1e6f) ||
+	     out->k_group_tokens != 0 || out->k_group_channels != 0 || out->v_group_tokens != 0 ||
+	     out->v_group_channels != 0 || out->n_layer_bits != 0))
 		return -EINVAL;
 	if (!shadow__lossless_level_ok((enum shadow__lossless)out->codec, out->level))
 		return -EINVAL;
-	if (out->quant == SHADOW_QUANT_UNIFORM) {
-		if (out->k_bits < 2 || out->k_bits > 8 || out->v_bits < 2 || out->v_bits > 8)
-			return -EINVAL;
+	if (out->quant == SHADOW_QUANT_UNIFORM || out->quant == SHADOW_QUANT_ECSQ) {
 		if (out->scale_rule > SHADOW_SCALE_STD)
+			return -EINVAL;
+		if (out->quant == SHADOW_QUANT_ECSQ && out->scale_rule != SHADOW_SCALE_STD)
 			return -EINVAL;
 		if (out->scale_rule == SHADOW_SCALE_STD && !(out->step_mul > 0.0f && out->step_mul < 1e6f))
 			return -EINVAL;
-		if (out->k_group_tokens > 65535 || out->v_group_channels > 65535)
+		if (out->k_group_tokens > 65535 || out->k_group_channels > 65535 ||
+		    out->v_group_tokens > 65535 || out->v_group_channels > 65535)
+			return -EINVAL;
+	}
+	if (out->quant == SHADOW_QUANT_UNIFORM) {
+		if (out->k_bits < 2 || out->k_bits > 8 || out->v_bits < 2 || out->v_bits > 8)
 			return -EINVAL;
 		if (out->n_layer_bits > SHADOW_MAX_LAYER_BITS)
 			return -EINVAL;
@@ -99,6 +111,7 @@ static int parse_quant(const char *s, const char *end, struct shadow_codec_optio
 	} bases[] = {
 		{ "bf16planes", SHADOW_QUANT_PLANES, 16 }, { "bf16", SHADOW_QUANT_NONE, 16 },
 		{ "int8", SHADOW_QUANT_UNIFORM, 8 },	   { "bits", SHADOW_QUANT_UNIFORM, 0 },
+		{ "ecsq", SHADOW_QUANT_ECSQ, 16 }, { "pca", SHADOW_QUANT_PCA, 16 },
 	};
 	size_t i;
 	for (i = 0; i < SHADOW_ARRAY_SIZE(bases); i++) {
@@ -119,12 +132,26 @@ static int parse_quant(const char *s, const char *end, struct shadow_codec_optio
 		o->k_bits = o->v_bits = b;
 	}
 	while (s < end) {
-		/* Variant suffixes apply to uniform quantization only. */
-		if (*s++ != '-' || s >= end || o->quant != SHADOW_QUANT_UNIFORM)
+		/* Variant suffixes apply to uniform, ECSQ and PCA quantization only. */
+		if (*s++ != '-' || s >= end || o->quant < SHADOW_QUANT_UNIFORM)
 			return SHADOW_EUNKNOWN_NAME;
 		char tag = *s++;
-		uint32_t v, layer, kb, vb;
+		uint32_t v, layer, kb, vb, gt, gc;
 		switch (tag) {
+		case 'k':
+		case 'v':
+			/* 0 keeps that dimension's default */
+			if (!parse_uint(&s, 65535, &gt) || s >= end || *s++ != 'x' ||
+			    !parse_uint(&s, 65535, &gc))
+				return SHADOW_EUNKNOWN_NAME;
+			if (tag == 'k') {
+				o->k_group_tokens = gt;
+				o->k_group_channels = gc;
+			} else {
+				o->v_group_tokens = gt;
+				o->v_group_channels = gc;
+			}
+			break;
 		case 'g':
 			if (!parse_uint(&s, 65535, &v) || v == 0)
 				return SHADOW_EUNKNOWN_NAME;
@@ -146,7 +173,7 @@ static int parse_quant(const char *s, const char *end, struct shadow_codec_optio
 			break;
 		}
 		case 'L':
-			if (o->n_layer_bits == SHADOW_MAX_LAYER_BITS ||
+			if (o->quant != SHADOW_QUANT_UNIFORM || o->n_layer_bits == SHADOW_MAX_LAYER_BITS ||
 			    !parse_uint(&s, SHADOW_MAX_LAYERS - 1, &layer) || s >= end || *s++ != '=' ||
 			    !parse_uint(&s, 8, &kb) || s >= end || *s++ != '/' || !parse_uint(&s, 8, &vb))
 				return SHADOW_EUNKNOWN_NAME;
@@ -236,16 +263,26 @@ int shadow_codec_options_name(const struct shadow_codec_options *opts, char *buf
 		break;
 	default:
 		/* The base names the key width; a different value width is a layer-0 override. */
-		if (o.k_bits == 8)
+		if (o.quant == SHADOW_QUANT_PCA)
+			NAME("pca");
+		else if (o.quant == SHADOW_QUANT_ECSQ)
+			NAME("ecsq");
+		else if (o.k_bits == 8)
 			NAME("int8");
 		else
 			NAME("bits%u", o.k_bits);
-		if (o.k_group_tokens != 0)
+		if (o.k_group_channels != 0) /* -g alone cannot say it */
+			NAME("-k%ux%u", o.k_group_tokens, o.k_group_channels);
+		else if (o.k_group_tokens != 0)
 			NAME("-g%u", o.k_group_tokens);
-		if (o.v_group_channels != 0)
+		if (o.v_group_tokens != 0) /* -c alone cannot say it */
+			NAME("-v%ux%u", o.v_group_tokens, o.v_group_channels);
+		else if (o.v_group_channels != 0)
 			NAME("-c%u", o.v_group_channels);
 		if (o.scale_rule == SHADOW_SCALE_STD)
 			NAME("-s%g", (double)o.step_mul);
+		if (o.quant != SHADOW_QUANT_UNIFORM)
+			break;
 		if (o.v_bits != o.k_bits && (o.n_layer_bits == 0 || o.layer_bits[0].first_layer != 0))
 			NAME("-L0=%u/%u", o.k_bits, o.v_bits);
 		for (uint32_t i = 0; i < o.n_layer_bits; i++)

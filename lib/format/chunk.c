@@ -41,53 +41,68 @@ static uint64_t meta_checksum(const uint8_t *meta, uint32_t meta_nbytes)
 	return XXH3_64bits_digest(&state);
 }
 
-int shadow__frame_sizes(const struct shadow_kv_geometry *geom, uint32_t n_tokens, uint32_t kind,
-			uint32_t quant, uint32_t bits, uint32_t flags, uint32_t group,
-			uint32_t *raw_nbytes_ret, uint32_t *params_nbytes_ret)
+int shadow__frame_sizes(const struct shadow_kv_geometry *geom, uint32_t n_tokens,
+			const struct shadow__frame_entry *e, uint32_t *raw_nbytes_ret,
+			uint32_t *params_nbytes_ret)
 {
 	uint64_t elem = shadow_dtype_nbytes(geom->dtype);
 	uint64_t n = (uint64_t)n_tokens * geom->n_kv_heads * geom->head_dim;
 	uint64_t raw, params = 0;
+	bool grouped = e->quant == SHADOW_QUANT_UNIFORM || e->quant == SHADOW_QUANT_ECSQ ||
+		       e->quant == SHADOW_QUANT_PCA;
 
-	switch (quant) {
-	case SHADOW_QUANT_NONE:
-		if (bits != 8 * elem || flags != 0 || group != 0)
-			return SHADOW_ECORRUPT;
-		raw = n * elem;
-		break;
-	case SHADOW_QUANT_PLANES:
-		if (elem != 2 || bits != 16 || flags != 0 || group != 0)
-			return SHADOW_ECORRUPT;
-		raw = n * elem;
-		break;
-	case SHADOW_QUANT_UNIFORM: {
+	if (!grouped && (e->flags != 0 || e->group_tokens != 0 || e->group_channels != 0))
+		return SHADOW_ECORRUPT;
+	if (grouped) {
 		if (geom->dtype != SHADOW_DTYPE_BF16 && geom->dtype != SHADOW_DTYPE_FP16)
 			return SHADOW_ECORRUPT;
-		if (bits < 2 || bits > 8 || (flags & ~SHADOW_CHUNK_FLAG_PACKED) != 0)
-			return SHADOW_ECORRUPT;
-		/* Packed rows must start on a byte: the decoder unpacks row by row. */
-		if ((flags & SHADOW_CHUNK_FLAG_PACKED) && (geom->head_dim * bits) % 8 != 0)
+		if (e->group_tokens == 0 || e->group_tokens > n_tokens || e->group_channels == 0 ||
+		    geom->head_dim % e->group_channels != 0)
 			return SHADOW_ECORRUPT;
 		struct shadow__quant_params p = {
 			.n_tokens = n_tokens,
 			.n_heads = geom->n_kv_heads,
 			.head_dim = geom->head_dim,
-			.bits = bits,
-			.axis = kind == SHADOW_KV_K ? SHADOW_GROUP_KEYS : SHADOW_GROUP_VALUES,
+			.bits = 8,
+			.group_tokens = e->group_tokens,
+			.group_channels = e->group_channels,
 		};
-		if (kind == SHADOW_KV_K) {
-			if (group == 0 || group > n_tokens)
-				return SHADOW_ECORRUPT;
-			p.group_tokens = group;
-		} else {
-			if (group == 0 || geom->head_dim % group != 0)
-				return SHADOW_ECORRUPT;
-			p.group_channels = group;
-		}
 		params = 4 * (uint64_t)shadow__quant_n_groups(&p);
-		raw = flags & SHADOW_CHUNK_FLAG_PACKED ? (n * bits + 7) / 8 : n;
-		break;
+		if (params == 0)
+			return SHADOW_ECORRUPT;
 	}
+	switch (e->quant) {
+	case SHADOW_QUANT_NONE:
+		if (e->bits != 8 * elem)
+			return SHADOW_ECORRUPT;
+		raw = n * elem;
+		break;
+	case SHADOW_QUANT_PLANES:
+		if (elem != 2 || e->bits != 16)
+			return SHADOW_ECORRUPT;
+		raw = n * elem;
+		break;
+	case SHADOW_QUANT_UNIFORM:
+		if (e->bits < 2 || e->bits > 8 || (e->flags & ~SHADOW_CHUNK_FLAG_PACKED) != 0)
+			return SHADOW_ECORRUPT;
+		/* Packed rows must start on a byte: the decoder unpacks row by row. */
+		if ((e->flags & SHADOW_CHUNK_FLAG_PACKED) && (geom->head_dim * e->bits) % 8 != 0)
+			return SHADOW_ECORRUPT;
+		raw = e->flags & SHADOW_CHUNK_FLAG_PACKED ? (n * e->bits + 7) / 8 : n;
+		break;
+	case SHADOW_QUANT_ECSQ:
+		if (e->bits != 16 || e->flags != 0)
+			return SHADOW_ECORRUPT;
+		raw = 2 * n; /* low-byte plane, then high-byte plane */
+		break;
+	case SHADOW_QUANT_PCA:
+		/* One step per head over the chunk, then the transform's id. */
+		if (e->bits != 16 || e->flags != 0 || e->group_tokens != n_tokens ||
+		    e->group_channels != geom->head_dim)
+			return SHADOW_ECORRUPT;
+		raw = 2 * n;
+		params += 8;
+		break;
 	default:
 		return SHADOW_ECORRUPT;
 	}
@@ -112,8 +127,8 @@ void shadow__frame_entry_read(const struct shadow_chunk_view *view, uint32_t i,
 	e->bits = p[25];
 	e->codec = p[26];
 	e->flags = p[27];
-	e->group = shadow__load_le16(p + 28);
-	e->reserved = shadow__load_le16(p + 30);
+	e->group_tokens = shadow__load_le16(p + 28);
+	e->group_channels = shadow__load_le16(p + 30);
 	e->raw_checksum = shadow__load_le64(p + 32);
 }
 
@@ -130,8 +145,8 @@ void shadow__frame_entry_write(uint8_t *base, uint32_t i, const struct shadow__f
 	p[25] = e->bits;
 	p[26] = e->codec;
 	p[27] = e->flags;
-	shadow__store_le16(p + 28, e->group);
-	shadow__store_le16(p + 30, 0);
+	shadow__store_le16(p + 28, e->group_tokens);
+	shadow__store_le16(p + 30, e->group_channels);
 	shadow__store_le64(p + 32, e->raw_checksum);
 }
 
@@ -151,7 +166,7 @@ void shadow__chunk_seal(uint8_t *base, const struct shadow_chunk_view *f)
 	shadow__store_le32(base + CHUNK_OFF_CHUNK_TOKENS, f->geom.chunk_tokens);
 	shadow__store_le32(base + CHUNK_OFF_N_TOKENS, f->n_tokens);
 	shadow__store_le32(base + CHUNK_OFF_N_FRAMES, f->n_frames);
-	shadow__store_le32(base + CHUNK_OFF_RESERVED, 0);
+	shadow__store_le32(base + CHUNK_OFF_CHUNK_INDEX, f->chunk_index);
 	shadow__store_le64(base + CHUNK_OFF_CHECKSUM, meta_checksum(base, f->meta_nbytes));
 }
 
@@ -196,7 +211,7 @@ static int parse_geometry(const uint8_t *p, struct shadow_kv_geometry *g, uint32
 	/* v1 stores whole chunks only: keys exist only for full chunks (docs/keys.md). */
 	if (*n_tokens != g->chunk_tokens || *n_frames != 2 * g->n_layers)
 		return SHADOW_ECORRUPT;
-	if (shadow__load_le32(p + CHUNK_OFF_FLAGS) != 0 || shadow__load_le32(p + CHUNK_OFF_RESERVED) != 0)
+	if (shadow__load_le32(p + CHUNK_OFF_FLAGS) != 0)
 		return SHADOW_ECORRUPT;
 	return 0;
 }
@@ -209,10 +224,9 @@ static int check_entry(const struct shadow_chunk_view *v, uint32_t i, uint64_t *
 	uint64_t table_end = SHADOW_CHUNK_HEADER_NBYTES + (uint64_t)v->n_frames * SHADOW_CHUNK_ENTRY_NBYTES;
 
 	shadow__frame_entry_read(v, i, &e);
-	if (e.reserved != 0 || e.codec > SHADOW_CODEC_ZSTD)
+	if (e.codec > SHADOW_CODEC_ZSTD)
 		return SHADOW_ECORRUPT;
-	if (shadow__frame_sizes(&v->geom, v->n_tokens, i % 2, e.quant, e.bits, e.flags, e.group,
-				&raw, &params) != 0)
+	if (shadow__frame_sizes(&v->geom, v->n_tokens, &e, &raw, &params) != 0)
 		return SHADOW_ECORRUPT;
 	if (e.raw_nbytes != raw || e.params_nbytes != params)
 		return SHADOW_ECORRUPT;
@@ -250,6 +264,7 @@ int shadow_chunk_parse(const void *buf, size_t avail_nbytes, const struct shadow
 	if (SHADOW_CHUNK_HEADER_NBYTES + (uint64_t)v.n_frames * SHADOW_CHUNK_ENTRY_NBYTES > v.meta_nbytes)
 		return SHADOW_ECORRUPT;
 	memcpy(v.key.bytes, v.base + CHUNK_OFF_KEY, SHADOW_KEY_NBYTES);
+	v.chunk_index = shadow__load_le32(v.base + CHUNK_OFF_CHUNK_INDEX);
 
 	next_payload = v.meta_nbytes;
 	for (uint32_t i = 0; i < v.n_frames; i++) {
@@ -297,7 +312,7 @@ int shadow_chunk_frame_info(const struct shadow_chunk_view *view, uint32_t frame
 
 static const char *quant_name(uint32_t q)
 {
-	static const char *const names[] = { "none", "planes", "uniform" };
+	static const char *const names[] = { "none", "planes", "uniform", "ecsq", "pca" };
 	return q < SHADOW_ARRAY_SIZE(names) ? names[q] : "?";
 }
 
@@ -330,7 +345,7 @@ int shadow_chunk_describe(const void *buf, size_t nbytes, char *out, size_t out_
 		len += (size_t)n_;                                                     \
 	} while (0)
 
-	DESCRIBE("chunk v%u key %s\n", SHADOW_CHUNK_VERSION, key);
+	DESCRIBE("chunk v%u key %s index %u\n", SHADOW_CHUNK_VERSION, key, v.chunk_index);
 	DESCRIBE("geometry: %u layers, %u kv heads, head_dim %u, %s, %u tokens\n", v.geom.n_layers,
 		 v.geom.n_kv_heads, v.geom.head_dim, shadow_dtype_name(v.geom.dtype), v.n_tokens);
 	DESCRIBE("size: %llu bytes (metadata %u), %u frames\n", (unsigned long long)v.total_nbytes,
@@ -338,9 +353,10 @@ int shadow_chunk_describe(const void *buf, size_t nbytes, char *out, size_t out_
 	for (uint32_t i = 0; i < v.n_frames; i++) {
 		struct shadow__frame_entry e;
 		shadow__frame_entry_read(&v, i, &e);
-		DESCRIBE("frame %3u  layer %3u %c  %-7s %2u bits  group %3u%s  %-7s "
+		DESCRIBE("frame %3u  layer %3u %c  %-7s %2u bits  group %3ux%-3u%s  %-7s "
 			 "payload %8u @%-9llu raw %8u  params %6u  xxh3 %016llx\n",
-			 i, i / 2, i % 2 ? 'V' : 'K', quant_name(e.quant), e.bits, e.group,
+			 i, i / 2, i % 2 ? 'V' : 'K', quant_name(e.quant), e.bits, e.group_tokens,
+			 e.group_channels,
 			 e.flags & SHADOW_CHUNK_FLAG_PACKED ? " packed" : "", codec_name(e.codec),
 			 e.payload_nbytes, (unsigned long long)e.payload_offset, e.raw_nbytes,
 			 e.params_nbytes, (unsigned long long)e.raw_checksum);

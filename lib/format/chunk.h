@@ -43,7 +43,7 @@ enum {
 	CHUNK_OFF_CHUNK_TOKENS = 72,
 	CHUNK_OFF_N_TOKENS = 76,
 	CHUNK_OFF_N_FRAMES = 80,
-	CHUNK_OFF_RESERVED = 84,
+	CHUNK_OFF_CHUNK_INDEX = 84,
 	CHUNK_OFF_CHECKSUM = 88,
 };
 
@@ -58,8 +58,8 @@ struct shadow__frame_entry {
 	uint8_t bits;
 	uint8_t codec;
 	uint8_t flags;
-	uint16_t group; /* keys: tokens per group; values: channels per group; else 0 */
-	uint16_t reserved;
+	uint16_t group_tokens;   /* uniform, ecsq: tokens per scale group; else 0 */
+	uint16_t group_channels; /* uniform, ecsq: channels per scale group; else 0 */
 	uint64_t raw_checksum;
 };
 
@@ -98,14 +98,15 @@ static inline void shadow__store_le64(uint8_t *p, uint64_t v)
 
 /*
  * The sizes a frame must have: the one rule both the encoder and the parser follow. For a
- * frame of `kind` with these quantization fields in a chunk of n_tokens tokens of `geom`,
- * sets *raw_nbytes_ret (after the lossless stage) and *params_nbytes_ret. Returns 0, or
- * SHADOW_ECORRUPT when the combination is not a valid v1 frame (unknown quant, bits out of
- * range, a group that does not fit, flags on a quant that has none).
+ * frame with these fields (quant, bits, flags, group_tokens, group_channels as in the entry)
+ * in a chunk of n_tokens tokens of `geom`, sets *raw_nbytes_ret (after the lossless stage) and
+ * *params_nbytes_ret. Returns 0, or SHADOW_ECORRUPT when the combination is not a valid v1
+ * frame (unknown quant, bits out of range, a group that does not fit, flags on a quant that
+ * has none).
  */
-int shadow__frame_sizes(const struct shadow_kv_geometry *geom, uint32_t n_tokens, uint32_t kind,
-			uint32_t quant, uint32_t bits, uint32_t flags, uint32_t group,
-			uint32_t *raw_nbytes_ret, uint32_t *params_nbytes_ret) SHADOW_INTERNAL;
+int shadow__frame_sizes(const struct shadow_kv_geometry *geom, uint32_t n_tokens,
+			const struct shadow__frame_entry *e, uint32_t *raw_nbytes_ret,
+			uint32_t *params_nbytes_ret) SHADOW_INTERNAL;
 
 /* Read entry i of a parsed view (the parser has validated every entry). */
 void shadow__frame_entry_read(const struct shadow_chunk_view *view, uint32_t i,

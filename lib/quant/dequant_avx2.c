@@ -26,6 +26,18 @@ DQ_ATTR static inline dq_vf dq_cvt_u8(const uint8_t *q)
 	return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadu_si64(q)));
 }
 
+/*
+ * ECSQ: interleave the planes into 16-bit codes (punpcklbw), undo the zigzag in 16 bits,
+ * (u >> 1) ^ -(u & 1) with -(u & 1) = (u << 15) >> 15 arithmetic, then sign-extend and convert.
+ */
+DQ_ATTR static inline dq_vf dq_cvt_zz(const uint8_t *lo, const uint8_t *hi)
+{
+	__m128i u = _mm_unpacklo_epi8(_mm_loadu_si64(lo), _mm_loadu_si64(hi));
+	__m128i z = _mm_xor_si128(_mm_srli_epi16(u, 1), _mm_srai_epi16(_mm_slli_epi16(u, 15), 15));
+
+	return _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(z));
+}
+
 DQ_ATTR static inline dq_vf dq_loadf(const float *p)
 {
 	return _mm256_loadu_ps(p);

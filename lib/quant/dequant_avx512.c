@@ -24,6 +24,23 @@ DQ_ATTR static inline dq_vf dq_cvt_u8(const uint8_t *q)
 		_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)q)));
 }
 
+/*
+ * ECSQ: interleave the planes into 16 16-bit codes (punpck[lh]bw), undo the zigzag in 16 bits
+ * in a ymm register, (u >> 1) ^ -(u & 1) with -(u & 1) = (u << 15) >> 15 arithmetic, then
+ * sign-extend to 32 bits and convert.
+ */
+DQ_ATTR static inline dq_vf dq_cvt_zz(const uint8_t *lo, const uint8_t *hi)
+{
+	__m128i l = _mm_loadu_si128((const __m128i *)(const void *)lo);
+	__m128i h = _mm_loadu_si128((const __m128i *)(const void *)hi);
+	__m256i u = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_unpacklo_epi8(l, h)),
+					    _mm_unpackhi_epi8(l, h), 1);
+	__m256i z = _mm256_xor_si256(_mm256_srli_epi16(u, 1),
+				     _mm256_srai_epi16(_mm256_slli_epi16(u, 15), 15));
+
+	return _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(z));
+}
+
 DQ_ATTR static inline dq_vf dq_loadf(const float *p)
 {
 	return _mm512_loadu_ps(p);

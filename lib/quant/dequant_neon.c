@@ -28,6 +28,23 @@ static inline dq_vf dq_cvt_u8(const uint8_t *q)
 	return r;
 }
 
+/*
+ * ECSQ: widen and merge the planes into 16-bit codes (ushll, ushll #8, orr), undo the zigzag
+ * in 16 bits, (u >> 1) ^ -(u & 1) with -(u & 1) = (u << 15) >> 15 arithmetic, then
+ * sign-extend to 32 bits and convert.
+ */
+static inline dq_vf dq_cvt_zz(const uint8_t *lo, const uint8_t *hi)
+{
+	uint16x8_t u = vorrq_u16(vmovl_u8(vld1_u8(lo)), vshll_n_u8(vld1_u8(hi), 8));
+	int16x8_t s = vreinterpretq_s16_u16(u);
+	int16x8_t z = veorq_s16(vreinterpretq_s16_u16(vshrq_n_u16(u, 1)),
+				vshrq_n_s16(vshlq_n_s16(s, 15), 15));
+	dq_vf r = { { vcvtq_f32_s32(vmovl_s16(vget_low_s16(z))),
+		      vcvtq_f32_s32(vmovl_high_s16(z)) } };
+
+	return r;
+}
+
 static inline dq_vf dq_loadf(const float *p)
 {
 	dq_vf r = { { vld1q_f32(p), vld1q_f32(p + 4) } };

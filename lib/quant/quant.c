@@ -1,5 +1,6 @@
 /*
- * quant.c - the encoder side of quant.h: group parameters, symbols, bit packing, byte planes.
+ * quant.c - the encoder side of quant.h: group parameters, symbols (uniform and ECSQ), bit
+ * packing, byte planes.
  *
  * A group's parameters come from its statistics (min and max, or mean and population std, in
  * double, over its finite elements), are rounded to bf16, and the elements are quantized
@@ -10,19 +11,34 @@
  * `sure`); only then the exact quotient is taken and its neighbours are checked with the
  * decoder's arithmetic. (With bf16 parameters, q * scale is exact in float and x is a float,
  * so the check has not been seen to change a symbol in 18M near-tie trials; it makes the
- * property hold by construction rather than by that argument.) 150-220 Melem/s on one core.
+ * property hold by construction rather than by that argument.) The same grid serves both
+ * symbol kinds: uniform q in [0, 2^b - 1], ECSQ q in [-32767, 32767].
  *
- * Keys group over tokens, per channel: a frame is walked one token group and one block of
- * SHADOW_QUANT_COLS channels at a time, so that every pass reads rows of contiguous floats and
- * the per-channel statistics live on the stack (no allocation, no strided walks).
+ * Groups are tiles of group_tokens tokens x group_channels channels (quant.h). A frame is
+ * walked one token group and one block of whole groups of at most SHADOW_QUANT_COLS channels
+ * (or one group, if it is wider) at a time, so that every pass reads rows of contiguous floats
+ * and the statistics of the block's groups live on the stack (no allocation, no strided
+ * walks): per-channel key groups make blocks of SHADOW_QUANT_COLS groups of one channel over
+ * the token group's rows, per-token value groups of head_dim 128 blocks of one row of one
+ * group, 16 x 32 tiles blocks of four groups over 16 rows.
+ *
+ * Measured (one core of an AMD EPYC, -O2, frames of 256 tokens x 8 heads x 128 channels, 4
+ * bits, Melem/s): uniform MINMAX / STD: keys (256 x 1) 300 / 229, values (1 x 128) 300 / 218,
+ * (1 x 32) 257 / 164, 16 x 32 tiles 329 / 245, whole head-frames 334 / 259; ECSQ: keys 192,
+ * values 195, 16 x 32 215, whole 219. (The per-axis code before tiles: keys 263 / 211, values
+ * 288 / 216, (1 x 32) 224 / 162.)
  */
 #include <errno.h>
 #include <string.h>
 
 #include "quant/quant.h"
 
-/* Channels per block of a key frame: statistics and grids for them on the stack (~9 KiB). */
+/* Groups (and, unless one group is wider, channels) per block: their statistics and grids on
+ * the stack (~9 KiB). */
 #define SHADOW_QUANT_COLS 128
+
+/* ECSQ symbols: q in [-SHADOW_ECSQ_QMAX, SHADOW_ECSQ_QMAX], so that zigzag gives 0..65534. */
+#define SHADOW_ECSQ_QMAX 32767
 
 #define SHADOW_BF16_MAX 0x7f7fu /* largest finite bf16, 3.3895e38 */
 
@@ -31,14 +47,15 @@ struct shadow_grid {
 	float scale, bias;
 	double inv;  /* 1 / scale, 0 when scale is 0 */
 	double sure; /* |t - round(t)| up to this needs no check of the neighbours */
-	uint32_t maxq;
+	double qmin, qmax; /* the symbols' range: [0, 2^b - 1] or [-32767, 32767] */
 };
 
 /* Statistics over a group's finite elements. */
 struct shadow_stats {
-	float mn, mx;
 	double sum, m2; /* m2: sum of squared deviations from the mean (second pass) */
+	float mn;
 	uint32_t n;
+	float mx; /* not next to mn: see shadow_stats_block */
 };
 
 static inline bool shadow_isfinite(float x)
@@ -77,18 +94,29 @@ static uint16_t shadow_bf16_up(double d)
 	return h;
 }
 
-/* Nearest bf16, clamped to the finite range. */
+/* Nearest bf16 to d (ties to even), clamped to the finite range. */
 static uint16_t shadow_bf16_near(double d)
 {
 	if (d > 3.3895313892515355e38)
 		return SHADOW_BF16_MAX;
 	if (d < -3.3895313892515355e38)
 		return 0x8000u | SHADOW_BF16_MAX;
-	uint16_t h = shadow__float_to_bf16((float)d);
+	uint16_t h = shadow__float_to_bf16((float)d), sign = h & 0x8000u, m = h & 0x7fffu;
 
-	if ((h & 0x7fffu) > SHADOW_BF16_MAX) /* (float)d rounded up to bf16 infinity */
-		h = (uint16_t)((h & 0x8000u) | SHADOW_BF16_MAX);
-	return h;
+	if (m > SHADOW_BF16_MAX) /* (float)d rounded up to bf16 infinity */
+		return (uint16_t)(sign | SHADOW_BF16_MAX);
+	/*
+	 * Rounding twice (to float, then to bf16) misses by one bf16 step when (float)d lands on a
+	 * bf16 half-way point that d is not on: then a neighbour is strictly nearer.
+	 */
+	double ad = d < 0 ? -d : d, e = ad - shadow__bf16_to_float(m);
+
+	if (m > 0 && e < 0 && ad - shadow__bf16_to_float((uint16_t)(m - 1)) < -e)
+		m--;
+	else if (m < SHADOW_BF16_MAX && e > 0 &&
+		 shadow__bf16_to_float((uint16_t)(m + 1)) - ad < e)
+		m++;
+	return (uint16_t)(sign | m);
 }
 
 /* sqrt for v >= 0 without libm: Newton's method from a bit-level first guess. */
@@ -133,24 +161,28 @@ static inline void shadow_stats_add2(struct shadow_stats *s, double mean, float 
 }
 
 static void shadow_grid_set(struct shadow_grid *g, uint16_t scale_h, uint16_t bias_h,
-			    uint32_t maxq)
+			    int32_t qmin, int32_t qmax)
 {
 	g->scale = shadow__bf16_to_float(scale_h);
 	g->bias = shadow__bf16_to_float(bias_h);
 	g->inv = g->scale > 0 ? 1.0 / g->scale : 0.0;
-	g->maxq = maxq;
+	g->qmin = qmin;
+	g->qmax = qmax;
 	/*
 	 * The decoder's q * scale + bias is off the exact value by at most
-	 * 2^-24 * (2 * maxq * scale + |bias|) + 2^-149 (two roundings, relative or subnormal),
-	 * d = 2^-24 * (2 * maxq + |bias| / scale) + 2^-149 / scale in units of scale. Rounding t
-	 * (exact to ~2^-52) then picks the decoder's nearest point unless t is within d of a
-	 * half-integer; allow four times that. When d is large (a bias huge against the scale)
-	 * every symbol gets its neighbours checked, clipped ones included.
+	 * 2^-24 * (2 * |q| * scale + |bias|) + 2^-149 (two roundings, relative or subnormal),
+	 * d = 2^-24 * (2 * |q| + |bias| / scale) + 2^-149 / scale in units of scale, |q| up to
+	 * qabs. Rounding t (exact to ~2^-52) then picks the decoder's nearest point unless t is
+	 * within d of a half-integer; allow four times that. When d is large (a bias huge against
+	 * the scale), or a grid point may overflow to infinity in float (parameters near bf16's
+	 * limit), every symbol gets its neighbours checked, clipped ones included.
 	 */
 	double abs_bias = g->bias < 0 ? -(double)g->bias : g->bias;
-	double d = 0x1p-24 * (2.0 * maxq + abs_bias * g->inv) + 0x1p-149 * g->inv;
+	double qabs = qmax > -qmin ? qmax : -(double)qmin;
+	double d = 0x1p-24 * (2.0 * qabs + abs_bias * g->inv) + 0x1p-149 * g->inv;
+	bool finite = qabs * g->scale + abs_bias <= 3.4028234663852886e38; /* FLT_MAX */
 
-	g->sure = g->scale > 0 && d < 0x1p-4 ? 0.5 - 4 * d : -1.0;
+	g->sure = g->scale > 0 && d < 0x1p-4 && finite ? 0.5 - 4 * d : -1.0;
 }
 
 static void shadow_grid_minmax(const struct shadow_stats *s, uint32_t maxq, uint16_t *scale_ret,
@@ -171,8 +203,8 @@ static void shadow_grid_minmax(const struct shadow_stats *s, uint32_t maxq, uint
 }
 
 /*
- * The grid of a group from its statistics (the second pass done for STD). Writes the stored
- * bf16 parameters and sets *g from them.
+ * The uniform grid of a group from its statistics (the second pass done for STD). Writes the
+ * stored bf16 parameters and sets *g from them.
  */
 static void shadow_grid_make(const struct shadow__quant_params *p, const struct shadow_stats *s,
 			     uint16_t *scale_ret, uint16_t *bias_ret, struct shadow_grid *g)
@@ -205,11 +237,39 @@ static void shadow_grid_make(const struct shadow__quant_params *p, const struct 
 	}
 	*scale_ret = scale_h;
 	*bias_ret = bias_h;
-	shadow_grid_set(g, scale_h, bias_h, maxq);
+	shadow_grid_set(g, scale_h, bias_h, 0, (int32_t)maxq);
 }
 
-/* |decoded(q) - x|, with the decoder's arithmetic. */
-static inline double shadow_grid_err(const struct shadow_grid *g, uint32_t q, float x)
+/*
+ * The ECSQ grid of a group from its statistics (both passes done). The step is rounded to the
+ * nearest bf16, as the uniform STD rule does: step_mul is a rate knob, and nearest keeps the
+ * step within 2^-9 of what was asked, neither coarser nor finer on average. Two exceptions: a
+ * step beyond bf16's range clamps to its largest finite value (then nothing clips: every
+ * |x - bias| is below 2 * 3.4e38), and a nonzero std never rounds to scale 0 (which would decode
+ * the whole group as its mean) but to the smallest positive bf16, 2^-133.
+ */
+static void shadow_grid_ecsq(const struct shadow__quant_params *p, const struct shadow_stats *s,
+			     uint16_t *scale_ret, uint16_t *bias_ret, struct shadow_grid *g)
+{
+	uint16_t scale_h = 0, bias_h = 0;
+
+	if (s->n != 0) { /* else nothing finite: scale 0, bias 0 */
+		double mean = s->sum / s->n, std = shadow_sqrt(s->m2 / s->n);
+
+		bias_h = shadow_bf16_near(mean);
+		if (std > 0) {
+			scale_h = shadow_bf16_near((double)p->step_mul * std); /* >= +0 */
+			if (scale_h == 0)
+				scale_h = 1;
+		}
+	}
+	*scale_ret = scale_h;
+	*bias_ret = bias_h;
+	shadow_grid_set(g, scale_h, bias_h, -SHADOW_ECSQ_QMAX, SHADOW_ECSQ_QMAX);
+}
+
+/* |decoded(q) - x|, with the decoder's arithmetic (q an integer, |q| < 2^24). */
+static inline double shadow_grid_err(const struct shadow_grid *g, double q, float x)
 {
 	float y = (float)q * g->scale + g->bias;
 	double e = (double)y - x;
@@ -217,79 +277,74 @@ static inline double shadow_grid_err(const struct shadow_grid *g, uint32_t q, fl
 	return e < 0 ? -e : e;
 }
 
-/* round(t) to nearest even, clamped to [0, maxq]; NaN gives 0. */
-static inline uint32_t shadow_round_clamp(double t, uint32_t maxq)
+/* round(t) to nearest even, clamped to [qmin, qmax]; NaN gives qmin. In double: no int
+ * conversions on the fast path. */
+static inline double shadow_round_clamp(double t, double qmin, double qmax)
 {
-	if (!(t > 0))
-		return 0;
-	if (t >= maxq)
-		return maxq;
-	/* Adding and removing 2^52 rounds 0 < t < 2^52 to nearest even, without libm. */
-	return (uint32_t)((t + 0x1p52) - 0x1p52);
+	if (!(t > qmin))
+		return qmin;
+	if (t >= qmax)
+		return qmax;
+	/* Adding and removing 1.5 * 2^52 rounds |t| < 2^51 to nearest even, without libm. */
+	return (t + 0x1.8p52) - 0x1.8p52;
 }
 
-static inline uint8_t shadow_quant1(const struct shadow_grid *g, float x)
+static inline int32_t shadow_quant1(const struct shadow_grid *g, float x)
 {
 	if (g->scale == 0 || !shadow_isfinite(x))
 		return 0;
 	/* Fast: the product by 1 / scale is within a few 2^-52 of the quotient. */
 	double t = ((double)x - g->bias) * g->inv;
-	uint32_t q = shadow_round_clamp(t, g->maxq);
+	double q = shadow_round_clamp(t, g->qmin, g->qmax);
 	double r = t - q;
 
 	if (r <= g->sure && r >= -g->sure)
-		return (uint8_t)q;
-	if (g->sure >= 0 && (t <= 0 || t >= g->maxq))
-		return (uint8_t)q; /* off the grid: its end is nearest */
+		return (int32_t)q;
+	if (g->sure >= 0 && (t <= g->qmin || t >= g->qmax))
+		return (int32_t)q; /* off the grid: its end is nearest */
 	/*
 	 * Near a tie: the exact quotient (x - bias is exact in double for any x within 2^29 of
 	 * bias's magnitude), so that a true tie goes to even; then the decoder's arithmetic
-	 * decides between neighbours.
+	 * decides between neighbours (a point that overflows to infinity is never nearer).
 	 */
-	q = shadow_round_clamp(((double)x - g->bias) / g->scale, g->maxq);
+	q = shadow_round_clamp(((double)x - g->bias) / g->scale, g->qmin, g->qmax);
 	double e = shadow_grid_err(g, q, x);
 
-	if (q > 0 && shadow_grid_err(g, q - 1, x) < e)
-		q--;
-	else if (q < g->maxq && shadow_grid_err(g, q + 1, x) < e)
-		q++;
-	return (uint8_t)q;
+	if (q > g->qmin && shadow_grid_err(g, q - 1, x) < e)
+		q -= 1;
+	else if (q < g->qmax && shadow_grid_err(g, q + 1, x) < e)
+		q += 1;
+	return (int32_t)q;
 }
 
-/* Checks p; returns 0 with the element and group counts, or -EINVAL. */
-static int shadow_quant_check(const struct shadow__quant_params *p, size_t *n_elems_ret,
-			      size_t *n_groups_ret)
+/*
+ * Checks p for shadow__quantize_frame (ecsq false) or shadow__quantize_frame_ecsq (true);
+ * returns 0 with the element and group counts, or -EINVAL.
+ */
+static int shadow_quant_check(const struct shadow__quant_params *p, bool ecsq,
+			      size_t *n_elems_ret, size_t *n_groups_ret)
 {
 	uint64_t row, elems, groups;
 
-	if (p == NULL || p->n_tokens == 0 || p->n_heads == 0 || p->head_dim == 0 || p->bits < 2 ||
-	    p->bits > 8)
+	if (p == NULL || p->n_tokens == 0 || p->n_heads == 0 || p->head_dim == 0)
+		return -EINVAL;
+	if (!ecsq && (p->bits < 2 || p->bits > 8))
 		return -EINVAL;
 	if (p->scale_rule == SHADOW_SCALE_STD) {
 		/* finite and > 0 (NaN fails the first test, inf the second) */
 		if (!(p->step_mul > 0) || !shadow_isfinite(p->step_mul))
 			return -EINVAL;
-	} else if (p->scale_rule != SHADOW_SCALE_MINMAX) {
+	} else if (ecsq || p->scale_rule != SHADOW_SCALE_MINMAX) {
 		return -EINVAL;
 	}
+	if (p->group_tokens == 0 || p->group_tokens > p->n_tokens || p->group_channels == 0 ||
+	    p->head_dim % p->group_channels != 0)
+		return -EINVAL;
 	if (!shadow_mul_u64(p->n_heads, p->head_dim, &row) ||
-	    !shadow_mul_u64(row, p->n_tokens, &elems))
+	    !shadow_mul_u64(row, p->n_tokens, &elems) ||
+	    !shadow_mul_u64((p->n_tokens - 1) / p->group_tokens + 1, row / p->group_channels,
+			    &groups))
 		return -EINVAL;
-	switch (p->axis) {
-	case SHADOW_GROUP_KEYS:
-		if (p->group_tokens == 0 || p->group_tokens > p->n_tokens)
-			return -EINVAL;
-		if (!shadow_mul_u64((p->n_tokens - 1) / p->group_tokens + 1, row, &groups))
-			return -EINVAL;
-		break;
-	case SHADOW_GROUP_VALUES:
-		if (p->group_channels == 0 || p->head_dim % p->group_channels != 0)
-			return -EINVAL;
-		groups = elems / p->group_channels;
-		break;
-	default:
-		return -EINVAL;
-	}
 	/* The caller's buffers are sized from these: refuse what size_t cannot address. */
 	if (elems > SIZE_MAX / sizeof(float) || groups > SIZE_MAX / 4)
 		return -EINVAL;
@@ -302,96 +357,204 @@ size_t shadow__quant_n_groups(const struct shadow__quant_params *p)
 {
 	size_t n_elems, n_groups;
 
-	return shadow_quant_check(p, &n_elems, &n_groups) == 0 ? n_groups : 0;
+	return shadow_quant_check(p, false, &n_elems, &n_groups) == 0 ? n_groups : 0;
 }
 
-/* Keys: one token group [t0, t1), channels [c0, c0 + nc) of rows of C floats. */
-static void shadow_quant_key_block(const struct shadow__quant_params *p, const float *x,
-				   uint8_t *q, size_t C, size_t t0, size_t t1, size_t c0, size_t nc,
-				   uint16_t *scale, uint16_t *bias)
+/* Where the symbols go: q (uniform), or the planes lo and hi (ECSQ, q NULL). */
+struct shadow_quant_out {
+	uint8_t *q, *lo, *hi;
+};
+
+/*
+ * The statistics of a block: ng groups of gc channels at column c0 of rows [t0, t1) of C
+ * floats, over their finite elements; st[0, ng) initialized. Per-channel groups (gc 1) are
+ * walked row by row, one independent chain per channel; wider groups one at a time, each row's
+ * gc floats in turn, with the statistics in locals that start from constants. Those locals,
+ * and mn and mx apart in struct shadow_stats, keep GCC 12 from packing min and max into one
+ * vector register with shuffles on the loop's dependency chain (value groups ran 20-45%
+ * slower that way).
+ */
+static void shadow_stats_block(struct shadow_stats *st, const float *x, size_t C, size_t t0,
+			       size_t t1, size_t c0, size_t ng, size_t gc)
 {
-	struct shadow_stats st[SHADOW_QUANT_COLS];
-	struct shadow_grid g[SHADOW_QUANT_COLS];
-	double mean[SHADOW_QUANT_COLS];
-
-	for (size_t c = 0; c < nc; c++)
-		shadow_stats_init(&st[c]);
-	for (size_t t = t0; t < t1; t++) {
-		const float *row = x + t * C + c0;
-
-		for (size_t c = 0; c < nc; c++)
-			shadow_stats_add(&st[c], row[c]);
-	}
-	if (p->scale_rule == SHADOW_SCALE_STD) {
-		for (size_t c = 0; c < nc; c++)
-			mean[c] = st[c].n ? st[c].sum / st[c].n : 0;
+	if (gc == 1) {
 		for (size_t t = t0; t < t1; t++) {
 			const float *row = x + t * C + c0;
 
-			for (size_t c = 0; c < nc; c++)
-				shadow_stats_add2(&st[c], mean[c], row[c]);
+			for (size_t g = 0; g < ng; g++)
+				shadow_stats_add(&st[g], row[g]);
 		}
+		return;
 	}
-	for (size_t c = 0; c < nc; c++)
-		shadow_grid_make(p, &st[c], &scale[c0 + c], &bias[c0 + c], &g[c]);
-	for (size_t t = t0; t < t1; t++) {
-		const float *row = x + t * C + c0;
-		uint8_t *qrow = q + t * C + c0;
+	for (size_t g = 0; g < ng; g++) {
+		float mn = __builtin_inff(), mx = -__builtin_inff();
+		double sum = 0;
+		uint32_t n = 0;
 
-		for (size_t c = 0; c < nc; c++)
-			qrow[c] = shadow_quant1(&g[c], row[c]);
+		for (size_t t = t0; t < t1; t++) {
+			const float *row = x + t * C + c0 + g * gc;
+
+			for (size_t c = 0; c < gc; c++) {
+				float v = row[c];
+
+				if (!shadow_isfinite(v))
+					continue;
+				mn = v < mn ? v : mn;
+				mx = v > mx ? v : mx;
+				sum += v;
+				n++;
+			}
+		}
+		st[g].mn = mn;
+		st[g].mx = mx;
+		st[g].sum = sum;
+		st[g].n = n;
 	}
 }
 
-/* Values: one group of n contiguous elements. */
-static void shadow_quant_value_group(const struct shadow__quant_params *p, const float *x,
-				     uint8_t *q, size_t n, uint16_t *scale, uint16_t *bias)
+/* The second pass of the block for STD and ECSQ: m2 from each group's mean. */
+static void shadow_stats_block2(struct shadow_stats *st, const float *x, size_t C, size_t t0,
+				size_t t1, size_t c0, size_t ng, size_t gc)
 {
-	struct shadow_stats st;
-	struct shadow_grid g;
+	double mean[SHADOW_QUANT_COLS];
 
-	shadow_stats_init(&st);
-	for (size_t i = 0; i < n; i++)
-		shadow_stats_add(&st, x[i]);
-	if (p->scale_rule == SHADOW_SCALE_STD && st.n != 0) {
-		double mean = st.sum / st.n;
+	for (size_t g = 0; g < ng; g++)
+		mean[g] = st[g].n ? st[g].sum / st[g].n : 0;
+	if (gc == 1) {
+		for (size_t t = t0; t < t1; t++) {
+			const float *row = x + t * C + c0;
 
-		for (size_t i = 0; i < n; i++)
-			shadow_stats_add2(&st, mean, x[i]);
+			for (size_t g = 0; g < ng; g++)
+				shadow_stats_add2(&st[g], mean[g], row[g]);
+		}
+		return;
 	}
-	shadow_grid_make(p, &st, scale, bias, &g);
-	for (size_t i = 0; i < n; i++)
-		q[i] = shadow_quant1(&g, x[i]);
+	for (size_t g = 0; g < ng; g++) {
+		double m2 = 0, mg = mean[g];
+
+		for (size_t t = t0; t < t1; t++) {
+			const float *row = x + t * C + c0 + g * gc;
+
+			for (size_t c = 0; c < gc; c++)
+				if (shadow_isfinite(row[c]))
+					m2 += ((double)row[c] - mg) * ((double)row[c] - mg);
+		}
+		st[g].m2 = m2;
+	}
+}
+
+/* ECSQ symbol: zigzag in 32 bits (no signed shift), u = (q << 1) ^ (q >> 15) for |q| < 2^15. */
+static inline void shadow_zigzag_put(int32_t q, uint8_t *lo, uint8_t *hi)
+{
+	uint32_t uq = (uint32_t)q, u = (uint32_t)(uq << 1) ^ (0u - (uq >> 31));
+
+	*lo = (uint8_t)u;
+	*hi = (uint8_t)(u >> 8);
+}
+
+/*
+ * One block: token group [t0, t1) x channels [c0, c0 + ng * gc) of rows of C floats, i.e. ng
+ * groups of gc channels, whose parameters go to scale[0, ng) and bias[0, ng).
+ */
+static void shadow_quant_block(const struct shadow__quant_params *p, const float *x,
+			       const struct shadow_quant_out *o, size_t C, size_t t0, size_t t1,
+			       size_t c0, size_t ng, size_t gc, uint16_t *scale, uint16_t *bias)
+{
+	struct shadow_stats st[SHADOW_QUANT_COLS];
+	struct shadow_grid g[SHADOW_QUANT_COLS];
+
+	SHADOW_ASSERT(ng >= 1 && ng <= SHADOW_QUANT_COLS);
+	for (size_t k = 0; k < ng; k++)
+		shadow_stats_init(&st[k]);
+	shadow_stats_block(st, x, C, t0, t1, c0, ng, gc);
+	if (o->q == NULL || p->scale_rule == SHADOW_SCALE_STD)
+		shadow_stats_block2(st, x, C, t0, t1, c0, ng, gc);
+	for (size_t k = 0; k < ng; k++) {
+		if (o->q != NULL)
+			shadow_grid_make(p, &st[k], &scale[k], &bias[k], &g[k]);
+		else
+			shadow_grid_ecsq(p, &st[k], &scale[k], &bias[k], &g[k]);
+	}
+	for (size_t t = t0; t < t1; t++) {
+		const float *row = x + t * C + c0;
+		size_t i0 = t * C + c0;
+
+		if (o->q != NULL && gc == 1) { /* per-channel groups */
+			for (size_t c = 0; c < ng; c++)
+				o->q[i0 + c] = (uint8_t)shadow_quant1(&g[c], row[c]);
+		} else if (o->q != NULL) {
+			uint8_t *qrow = o->q + i0;
+
+			for (size_t k = 0, c = 0; k < ng; k++) {
+				const struct shadow_grid gk = g[k]; /* in registers */
+
+				for (size_t e = c + gc; c < e; c++)
+					qrow[c] = (uint8_t)shadow_quant1(&gk, row[c]);
+			}
+		} else if (gc == 1) {
+			for (size_t c = 0; c < ng; c++)
+				shadow_zigzag_put(shadow_quant1(&g[c], row[c]), &o->lo[i0 + c],
+						  &o->hi[i0 + c]);
+		} else {
+			uint8_t *lo = o->lo + i0, *hi = o->hi + i0;
+
+			for (size_t k = 0, c = 0; k < ng; k++) {
+				const struct shadow_grid gk = g[k];
+
+				for (size_t e = c + gc; c < e; c++)
+					shadow_zigzag_put(shadow_quant1(&gk, row[c]), &lo[c],
+							  &hi[c]);
+			}
+		}
+	}
+}
+
+/*
+ * Walks the frame's tiles in blocks (see the file comment): rows of a token group, whole
+ * groups of a head's channels; the parameters of group (token group tg, channel j / gc) are at
+ * tg * (C / gc) + j / gc, which is the [token group][head][channel group] order.
+ */
+static void shadow_quant_walk(const struct shadow__quant_params *p, const float *x,
+			      const struct shadow_quant_out *o, size_t n_groups, uint16_t *params)
+{
+	uint16_t *scale = params, *bias = params + n_groups;
+	size_t C = (size_t)p->n_heads * p->head_dim, gc = p->group_channels, row_groups = C / gc;
+	size_t block = gc >= SHADOW_QUANT_COLS ? 1 : SHADOW_QUANT_COLS / gc; /* groups */
+
+	for (size_t t0 = 0, tg = 0; t0 < p->n_tokens; t0 += p->group_tokens, tg++) {
+		size_t t1 = SHADOW_MIN(t0 + p->group_tokens, (size_t)p->n_tokens);
+
+		for (size_t g0 = 0; g0 < row_groups; g0 += block) {
+			size_t ng = SHADOW_MIN(block, row_groups - g0), gi = tg * row_groups + g0;
+
+			shadow_quant_block(p, x, o, C, t0, t1, g0 * gc, ng, gc, scale + gi,
+					   bias + gi);
+		}
+	}
 }
 
 int shadow__quantize_frame(const struct shadow__quant_params *p, const float *x, uint8_t *q,
 			   uint16_t *params)
 {
 	size_t n_elems, n_groups;
-	int err = shadow_quant_check(p, &n_elems, &n_groups);
+	int err = shadow_quant_check(p, false, &n_elems, &n_groups);
 
 	if (err != 0)
 		return err;
-	uint16_t *scale = params, *bias = params + n_groups;
-	size_t C = (size_t)p->n_heads * p->head_dim;
+	shadow_quant_walk(p, x, &(struct shadow_quant_out){ .q = q }, n_groups, params);
+	return 0;
+}
 
-	if (p->axis == SHADOW_GROUP_KEYS) {
-		for (size_t t0 = 0, tg = 0; t0 < p->n_tokens; t0 += p->group_tokens, tg++) {
-			size_t t1 = SHADOW_MIN(t0 + p->group_tokens, (size_t)p->n_tokens);
+int shadow__quantize_frame_ecsq(const struct shadow__quant_params *p, const float *x,
+				uint8_t *lo, uint8_t *hi, uint16_t *params)
+{
+	size_t n_elems, n_groups;
+	int err = shadow_quant_check(p, true, &n_elems, &n_groups);
 
-			for (size_t c0 = 0; c0 < C; c0 += SHADOW_QUANT_COLS) {
-				size_t nc = SHADOW_MIN((size_t)SHADOW_QUANT_COLS, C - c0);
-
-				shadow_quant_key_block(p, x, q, C, t0, t1, c0, nc, scale + tg * C,
-						       bias + tg * C);
-			}
-		}
-	} else {
-		size_t gc = p->group_channels;
-
-		for (size_t i = 0, g = 0; i < n_elems; i += gc, g++)
-			shadow_quant_value_group(p, x + i, q + i, gc, &scale[g], &bias[g]);
-	}
+	if (err != 0)
+		return err;
+	shadow_quant_walk(p, x, &(struct shadow_quant_out){ .lo = lo, .hi = hi }, n_groups,
+			  params);
 	return 0;
 }
 

@@ -17,15 +17,20 @@
  * canonical quiet NaN, SHADOW_BF16_QNAN or SHADOW_FP16_QNAN, so that it too is the same in every
  * variant: its payload and sign would otherwise depend on operand order and on the ISA. The
  * kernels assume the default floating-point environment (round to nearest, no flush to zero).
- *   keys:   one group per channel (head * head_dim + d) per run of group_tokens tokens:
- *           n_groups = ceil(n_tokens / group_tokens) * n_kv_heads * head_dim, ordered
- *           [token group][head][channel];
- *   values: one group per token per run of group_channels channels of one head:
- *           n_groups = n_tokens * n_kv_heads * (head_dim / group_channels), ordered
- *           [token][head][channel group].
+ * Groups are tiles of group_tokens tokens x group_channels channels of one head, ordered
+ * [token group][head][channel group]: n_groups = ceil(n_tokens / group_tokens) * n_kv_heads *
+ * (head_dim / group_channels). Keys usually group per channel over the chunk's tokens
+ * (group_channels 1: KIVI's per-channel scaling), values per token (group_tokens 1).
  * The parameter block of a frame is scale[n_groups] then bias[n_groups], bf16 little-endian.
  * The encoder quantizes against the stored (rounded) bf16 parameters, so their rounding moves
  * the grid but adds no error; it rounds so that the grid still covers the group's range.
+ *
+ * ECSQ (entropy-coded scalar quantization). Symbols are signed, q = round((x - bias) / scale)
+ * clamped to [-32767, 32767], zigzag-mapped to u = (q << 1) ^ (q >> 15) (0, -1, 1, -2, ... ->
+ * 0, 1, 2, 3, ...) and stored as two byte planes, all low bytes then all high bytes, so that
+ * an entropy coder codes them near their entropy with no clipping: outliers cost bits, not
+ * error (what KV's outlier channels need; clipping at 3.5 sigma raised attention error from
+ * 2.9% to 4.0% in the research harness). Decoding is x = zz(u) * scale + bias.
  *
  * Planes. A lossless frame of 16-bit elements may be split into the high bytes of every
  * element, then the low bytes (canonical order), which entropy coders handle better.
@@ -46,7 +51,9 @@
 /* Output element types the kernels write (a subset of enum shadow_dtype). */
 enum shadow__out_dtype {
 	SHADOW_OUT_BF16 = SHADOW_DTYPE_BF16,
-	SHADOW_OUT_FP16 = SHADOW_DTYPE_FP16
+	SHADOW_OUT_FP16 = SHADOW_DTYPE_FP16,
+	/* float32, unrounded: only the PCA row kernel writes it (keys are rotated after it) */
+	SHADOW_OUT_F32 = SHADOW_DTYPE_FP32
 };
 
 /* What the kernels write for a NaN result (see the DESIGN comment). */
@@ -71,6 +78,13 @@ struct shadow__dequant_kernels {
 	void (*merge_planes)(const uint8_t *hi, const uint8_t *lo, void *out, size_t n);
 	/* q[i] = the i-th b-bit field of packed (LSB first), i < n, 2 <= bits <= 8 */
 	void (*unpack_bits)(const uint8_t *packed, unsigned bits, uint8_t *q, size_t n);
+	/* ECSQ: out[i] = round(zz(lo[i] | hi[i] << 8) * scale[i] + bias[i]) for i < n, where
+	 * zz(u) = (int)(u >> 1) ^ -(int)(u & 1) */
+	void (*row_vec_zz)(const uint8_t *lo, const uint8_t *hi, const float *scale,
+			   const float *bias, void *out, size_t n, enum shadow__out_dtype dtype);
+	/* ECSQ, one group: out[i] = round(zz(lo[i] | hi[i] << 8) * scale + bias) for i < n */
+	void (*row_scalar_zz)(const uint8_t *lo, const uint8_t *hi, float scale, float bias,
+			      void *out, size_t n, enum shadow__out_dtype dtype);
 };
 
 /*
@@ -128,19 +142,12 @@ float shadow__fp16_to_float(uint16_t h) SHADOW_INTERNAL;
 
 /* ---- encoder side (save path; scalar is enough) ---- */
 
-/* Which way a frame's groups run. */
-enum shadow__group_axis {
-	SHADOW_GROUP_KEYS = 0,   /* per channel over group_tokens tokens */
-	SHADOW_GROUP_VALUES = 1  /* per token over group_channels channels */
-};
-
 struct shadow__quant_params {
 	uint32_t n_tokens, n_heads, head_dim;
-	uint32_t bits;            /* 2..8 */
-	uint32_t axis;            /* enum shadow__group_axis */
-	uint32_t group_tokens;    /* keys: 1..n_tokens */
-	uint32_t group_channels;  /* values: divides head_dim */
-	uint32_t scale_rule;      /* enum shadow_scale_rule */
+	uint32_t bits;            /* 2..8 (shadow__quantize_frame); ignored by the ECSQ quantizer */
+	uint32_t group_tokens;    /* tokens per group, 1..n_tokens */
+	uint32_t group_channels;  /* channels per group, divides head_dim */
+	uint32_t scale_rule;      /* enum shadow_scale_rule; ECSQ requires SHADOW_SCALE_STD */
 	float step_mul;           /* for SHADOW_SCALE_STD */
 };
 
@@ -170,6 +177,17 @@ size_t shadow__quant_n_groups(const struct shadow__quant_params *p) SHADOW_INTER
  */
 int shadow__quantize_frame(const struct shadow__quant_params *p, const float *x, uint8_t *q,
 			   uint16_t *params) SHADOW_INTERNAL;
+
+/*
+ * ECSQ-quantize a frame (canonical order, like shadow__quantize_frame) into the low-byte plane
+ * lo[n] and the high-byte plane hi[n] of its zigzag symbols, and the parameter block. Per
+ * group: scale = step_mul * (population) std rounded to bf16 (clamped to bf16's finite range),
+ * bias = mean rounded to bf16; a group with std 0 gets scale 0 and symbols 0. Each symbol is
+ * the grid point nearest x as the decoder computes it, clamped to [-32767, 32767]. Returns 0
+ * or -EINVAL (bad parameters, or scale_rule not SHADOW_SCALE_STD). No allocation.
+ */
+int shadow__quantize_frame_ecsq(const struct shadow__quant_params *p, const float *x,
+				uint8_t *lo, uint8_t *hi, uint16_t *params) SHADOW_INTERNAL;
 
 /*
  * Pack n symbols of `bits` bits (2..8), LSB first; returns the packed size, ceil(n * bits / 8),

@@ -31,6 +31,7 @@ struct fixture {
 	uint8_t *out_nhd, *out_hnd;       /* where decoded frames are scattered */
 	uint32_t block_ids[64];
 	struct shadow_chunk_key key;
+	uint32_t chunk_index; /* what encode() records; PCA keys with RoPE depend on it */
 	struct shadow_codec *codec;
 	uint8_t *stage;
 	size_t stage_nbytes;
@@ -126,8 +127,8 @@ static size_t encode(struct fixture *f, const char *scheme)
 	assert_int_equal(shadow_codec_options_parse(scheme, &o), 0);
 	uint64_t bound = shadow_chunk_encode_bound(f->codec, &o);
 	assert_true(bound > 0 && bound <= f->buf_cap);
-	assert_int_equal(shadow_chunk_encode(f->codec, &o, &f->key, f->region_nhd, &f->nhd,
-					     f->block_ids, f->buf, f->buf_cap, &n), 0);
+	assert_int_equal(shadow_chunk_encode(f->codec, &o, &f->key, f->chunk_index, f->region_nhd,
+					     &f->nhd, f->block_ids, f->buf, f->buf_cap, &n), 0);
 	assert_true(n <= bound);
 
 	return n;
@@ -227,6 +228,74 @@ static void test_lossy_roundtrip(void **state)
 	roundtrip(f, "bits2-g16-c64+none", 20.0, 3.0);
 	/* The std rule clips outliers: its error is bounded by the clip, not by the range. */
 	roundtrip(f, "bits4-s0.5+zstd1", 40.0, 6.0);
+	/* ECSQ never clips: half a step (0.05 std: 0.2 for the sigma-8 key channel) plus bf16
+	 * output rounding (values up to ~40: 0.125). */
+	roundtrip(f, "ecsq-s0.05+zstd1", 0.3, 0.1);
+	roundtrip(f, "ecsq-s0.05+none", 0.3, 0.1);
+	roundtrip(f, "ecsq-s0.3-k64x1-v16x32+deflate1", 1.5, 0.3);
+	roundtrip(f, "bits6-k32x4-v8x16+zstd1", 2.0, 0.3);
+}
+
+static void test_pca_roundtrip(void **state)
+{
+	struct fixture *f = *state;
+	struct shadow_transform *t, *other;
+	uint32_t n_ids = f->geom.chunk_tokens / f->geom.block_tokens;
+
+	/* Without a transform PCA cannot encode. */
+	struct shadow_codec_options o;
+	size_t n;
+	assert_int_equal(shadow_codec_options_parse("pca-s0.05+zstd1", &o), 0);
+	assert_int_equal(shadow_chunk_encode(f->codec, &o, &f->key, 0, f->region_nhd, &f->nhd,
+					     f->block_ids, f->buf, f->buf_cap, &n), -EINVAL);
+
+	assert_int_equal(shadow_transform_calibrate(&f->geom, f->region_nhd, &f->nhd, f->block_ids,
+						    n_ids, NULL, &t), 0);
+	assert_int_equal(shadow_codec_set_transform(f->codec, t), 0);
+	/* Half a step per coefficient over 128 orthonormal directions, plus bf16 rounding. */
+	roundtrip(f, "pca-s0.05+zstd1", 1.0, 0.5);
+	roundtrip(f, "pca-s0.05+none", 1.0, 0.5);
+
+	/* A container coded with one transform does not decode with another, nor with none. */
+	n = encode(f, "pca-s0.2+deflate1");
+	struct shadow_chunk_view v;
+	assert_int_equal(shadow_chunk_parse(f->buf, n, &f->key, &f->geom, &v), 0);
+	assert_int_equal(shadow_transform_calibrate(&f->geom, f->region_nhd, &f->nhd, f->block_ids,
+						    n_ids / 2, NULL, &other), 0);
+	assert_true(shadow_transform_id(other) != shadow_transform_id(t));
+	assert_int_equal(shadow_codec_set_transform(f->codec, other), 0);
+	assert_int_equal(shadow_chunk_decode_frame(f->codec, &v, 0, &f->nhd, f->stage,
+						   f->stage_nbytes), SHADOW_EUNSUPPORTED);
+	assert_int_equal(shadow_codec_set_transform(f->codec, NULL), 0);
+	assert_int_equal(shadow_chunk_decode_frame(f->codec, &v, 1, &f->nhd, f->stage,
+						   f->stage_nbytes), SHADOW_EUNSUPPORTED);
+
+	/* Keys un-rotated with RoPE frequencies, at a chunk far into the sequence: the rotation
+	 * is an isometry, so the same bound holds, and the chunk index travels in the header. */
+	float inv_freq[64];
+	struct shadow_transform *rt;
+	assert_int_equal(shadow_rope_inv_freq(500000.0, f->geom.head_dim, inv_freq), 0);
+	assert_int_equal(shadow_transform_calibrate(&f->geom, f->region_nhd, &f->nhd, f->block_ids,
+						    n_ids, inv_freq, &rt), 0);
+	assert_int_equal(shadow_codec_set_transform(f->codec, rt), 0);
+	f->chunk_index = 37;
+	roundtrip(f, "pca-s0.05+zstd1", 1.0, 0.5);
+	n = encode(f, "pca-s0.05+zstd1");
+	assert_int_equal(shadow_chunk_parse(f->buf, n, &f->key, &f->geom, &v), 0);
+	assert_int_equal(v.chunk_index, 37);
+	f->chunk_index = 0;
+	assert_int_equal(shadow_codec_set_transform(f->codec, NULL), 0);
+	shadow_transform_free(rt);
+
+	/* A transform of another geometry is refused. */
+	struct shadow_kv_geometry g2 = f->geom;
+	g2.n_layers = 1;
+	struct shadow_codec *c2;
+	assert_int_equal(shadow_codec_create(&g2, &c2), 0);
+	assert_int_equal(shadow_codec_set_transform(c2, t), SHADOW_EGEOMETRY);
+	shadow_codec_free(c2);
+	shadow_transform_free(other);
+	shadow_transform_free(t);
 }
 
 static void test_parse_rejects_truncation(void **state)
@@ -381,6 +450,9 @@ static void test_options_names(void **state)
 	static const char *const good[] = {
 		"bf16+none", "bf16planes+zstd1", "int8+zstd3", "bits4-g64+deflate6",
 		"bits3-g32-c64-s0.75+zstd1", "bits5-L0=8/8-L2=4/4+none", "int8-L0=8/6+zstd19",
+		"ecsq-s0.25+zstd1", "ecsq-s0.5-k16x1-v256x128+deflate", "bits4-k64x2-v1x64+none",
+		"pca-s0.08+zstd1",
+		"bits4-k0x2+none",
 	};
 	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
 		struct shadow_codec_options o, o2;
@@ -396,6 +468,8 @@ static void test_options_names(void **state)
 		"bits1+none", "bits8+none", "bits9+none", "int4+none", "bf16-g4+none",
 		"bits4-g0+none", "bits4-x3+none", "bits4-L0=9/4+none", "bits4-L2=4/4-L1=4/4+none",
 		"bits4+deflate13", "bits4+lz4", "bits4-s-1+none", "bf16+none ",
+		"ecsq+zstd1", "ecsq-L1=4/4-s0.5+none", "bits4-k4+none", "bits4-v4x+none",
+		"pca+zstd1", "pca-g4-s0.5+zstd1",
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		struct shadow_codec_options o;
@@ -435,7 +509,8 @@ static void write_fuzz_seeds(const char *dir)
 {
 	static const char *const schemes[] = {
 		"bf16+none", "bf16+deflate1", "bf16planes+zstd1", "int8+zstd1", "bits4+none",
-		"bits3-g8-c16+deflate6", "bits5-s0.5-L1=3/3+zstd3",
+		"bits3-g8-c16+deflate6", "bits5-s0.5-L1=3/3+zstd3", "ecsq-s0.1+zstd1",
+		"ecsq-s0.5-k8x4-v16x8+none",
 	};
 	struct shadow_kv_geometry g = { .n_layers = 2, .n_kv_heads = 1, .head_dim = 32,
 					.dtype = SHADOW_DTYPE_BF16, .block_tokens = 16,
@@ -461,7 +536,7 @@ static void write_fuzz_seeds(const char *dir)
 		char path[512];
 		int err = shadow_codec_options_parse(schemes[i], &o);
 		if (err == 0)
-			err = shadow_chunk_encode(c, &o, &key, region, &layout, ids, buf, sizeof(buf), &n);
+			err = shadow_chunk_encode(c, &o, &key, 0, region, &layout, ids, buf, sizeof(buf), &n);
 		if (err != 0) {
 			fprintf(stderr, "seed %s: %s\n", schemes[i], shadow_strerror(err));
 			exit(1);
@@ -489,6 +564,7 @@ int main(void)
 		cmocka_unit_test(test_options_names),
 		cmocka_unit_test_setup_teardown(test_lossless_roundtrip, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lossy_roundtrip, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_pca_roundtrip, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_parse_rejects_truncation, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_every_bit_flip_is_caught, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_forged_fields_are_rejected, setup, teardown),

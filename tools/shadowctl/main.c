@@ -3,6 +3,8 @@
  *
  *   shadowctl geometry [PRESET]                 presets and their per-chunk sizes
  *   shadowctl keys [options] TOKENS.u32         chunk keys of a token file (docs/keys.md)
+ *   shadowctl inspect CHUNK                     describe a chunk container file
+ *   shadowctl bench codec [ARGS]                the codec benchmark (bench_codec --help)
  *   shadowctl cpu                               CPU features the data plane will use
  *   shadowctl gpu                               whether the CUDA module and a GPU are usable
  *   shadowctl demo                              the end-to-end demo (`make demo`)
@@ -19,6 +21,7 @@
 
 #include <shadow/shadow.h>
 
+#include "codec_bench.h"
 #include "core/cpu.h"
 #include "shadowctl.h"
 
@@ -29,6 +32,8 @@ static int usage(FILE *out)
 		"  geometry [PRESET]                 list presets, or describe one\n"
 		"  keys [--preset P] [--model ID] [--salt S] [--prefix P] [--chunk N] TOKENS.u32\n"
 		"                                    print the chunk keys of a token file\n"
+		"  inspect CHUNK                     describe a chunk container file\n"
+		"  bench codec [ARGS]                codec benchmark (see bench_codec --help)\n"
 		"  cpu                               CPU features used by the codecs\n"
 		"  gpu                               probe the CUDA module and GPUs\n"
 		"  demo                              run the end-to-end demo\n");
@@ -196,6 +201,65 @@ static int cmd_keys(int argc, char **argv)
 	return 0;
 }
 
+/* Read a whole file of at most max_nbytes into a malloc()ed buffer. Returns 0 or -errno. */
+static int read_file(const char *path, size_t max_nbytes, uint8_t **buf_ret, size_t *n_ret)
+{
+	FILE *f = fopen(path, "rb");
+	if (f == NULL)
+		return -errno;
+	int err = 0;
+	struct stat st;
+	uint8_t *buf = NULL;
+	if (fstat(fileno(f), &st) != 0) {
+		err = -errno;
+	} else if (st.st_size < 0 || (uint64_t)st.st_size > max_nbytes) {
+		err = -EFBIG;
+	} else if ((buf = malloc((size_t)st.st_size + 1)) == NULL) {
+		err = -ENOMEM;
+	} else if (fread(buf, 1, (size_t)st.st_size, f) != (size_t)st.st_size) {
+		err = -EIO;
+	}
+	fclose(f);
+	if (err != 0) {
+		free(buf);
+		return err;
+	}
+	*buf_ret = buf;
+	*n_ret = (size_t)st.st_size;
+	return 0;
+}
+
+static int cmd_inspect(int argc, char **argv)
+{
+	if (argc != 2)
+		return usage(stderr);
+	uint8_t *buf = NULL;
+	size_t n = 0;
+	int err = read_file(argv[1], (size_t)1 << 32, &buf, &n);
+	if (err != 0) {
+		fprintf(stderr, "shadowctl: %s: %s\n", argv[1], shadow_strerror(err));
+		return 1;
+	}
+	size_t text_nbytes = 1 << 20;
+	char *text = malloc(text_nbytes);
+	err = text != NULL ? shadow_chunk_describe(buf, n, text, text_nbytes) : -ENOMEM;
+	if (err >= 0)
+		fputs(text, stdout);
+	else
+		fprintf(stderr, "shadowctl: %s: not a valid chunk: %s\n", argv[1], shadow_strerror(err));
+	free(text);
+	free(buf);
+	return err >= 0 ? 0 : 1;
+}
+
+static int cmd_bench(int argc, char **argv)
+{
+	if (argc >= 2 && strcmp(argv[1], "codec") == 0)
+		return shadow_bench_codec_main(argc - 1, argv + 1);
+	fprintf(stderr, "shadowctl: bench: expected 'codec'\n");
+	return 2;
+}
+
 static int cmd_cpu(int argc, char **argv)
 {
 	(void)argc;
@@ -224,8 +288,9 @@ int main(int argc, char **argv)
 		const char *name;
 		int (*fn)(int argc, char **argv);
 	} commands[] = {
-		{ "geometry", cmd_geometry }, { "keys", cmd_keys }, { "cpu", cmd_cpu },
-		{ "gpu", cmd_gpu },	      { "demo", shadowctl_demo },
+		{ "geometry", cmd_geometry }, { "keys", cmd_keys },	    { "inspect", cmd_inspect },
+		{ "bench", cmd_bench },	      { "cpu", cmd_cpu },	    { "gpu", cmd_gpu },
+		{ "demo", shadowctl_demo },
 	};
 	if (argc < 2)
 		return usage(stderr);

@@ -1,0 +1,121 @@
+/*
+ * bench_util.c - clock, CPU pinning, CPU model and file helpers for the benchmarks.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "bench_util.h"
+
+uint64_t bench_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+int bench_pin_current_cpu(cpu_set_t *saved_ret, int *cpu_ret)
+{
+	cpu_set_t one;
+	int cpu = sched_getcpu();
+	int rc;
+
+	if (cpu < 0)
+		return -errno;
+	rc = pthread_getaffinity_np(pthread_self(), sizeof(*saved_ret), saved_ret);
+	if (rc != 0)
+		return -rc;
+	CPU_ZERO(&one);
+	CPU_SET(cpu, &one);
+	rc = pthread_setaffinity_np(pthread_self(), sizeof(one), &one);
+	if (rc != 0)
+		return -rc;
+	*cpu_ret = cpu;
+	return 0;
+}
+
+void bench_unpin(const cpu_set_t *saved)
+{
+	(void)pthread_setaffinity_np(pthread_self(), sizeof(*saved), saved);
+}
+
+void bench_cpu_model(char *buf, size_t buf_nbytes)
+{
+	static const char *const keys[] = { "model name", "Model", "cpu model", "Hardware" };
+	char line[512];
+	FILE *f;
+
+	snprintf(buf, buf_nbytes, "unknown CPU");
+	f = fopen("/proc/cpuinfo", "r");
+	if (f == NULL)
+		return;
+	while (fgets(line, sizeof(line), f) != NULL) {
+		for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+			size_t n = strlen(keys[i]);
+			char *colon = strchr(line, ':');
+			if (strncmp(line, keys[i], n) != 0 || colon == NULL)
+				continue;
+			colon++;
+			while (*colon == ' ' || *colon == '\t')
+				colon++;
+			colon[strcspn(colon, "\n")] = '\0';
+			snprintf(buf, buf_nbytes, "%s", colon);
+			fclose(f);
+			return;
+		}
+	}
+	fclose(f);
+}
+
+int bench_read_file(const char *path, uint64_t max_nbytes, uint8_t **buf_ret,
+		    size_t *nbytes_ret)
+{
+	struct stat st;
+	uint8_t *buf;
+	size_t got;
+	int err = 0;
+	FILE *f = fopen(path, "rb");
+
+	if (f == NULL)
+		return -errno;
+	if (fstat(fileno(f), &st) != 0) {
+		err = -errno;
+		goto out_close;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		err = -EINVAL;
+		goto out_close;
+	}
+	if ((uint64_t)st.st_size > max_nbytes) {
+		err = -EFBIG;
+		goto out_close;
+	}
+	buf = malloc(st.st_size > 0 ? (size_t)st.st_size : 1);
+	if (buf == NULL) {
+		err = -ENOMEM;
+		goto out_close;
+	}
+	got = fread(buf, 1, (size_t)st.st_size, f);
+	if (got != (size_t)st.st_size) {
+		err = ferror(f) ? -EIO : -ENODATA;
+		free(buf);
+		goto out_close;
+	}
+	*buf_ret = buf;
+	*nbytes_ret = got;
+out_close:
+	fclose(f);
+	return err;
+}
+
+int bench_file_exists(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}

@@ -1,0 +1,47 @@
+/*
+ * bench_util.h - small helpers shared by the benchmark programs: a monotonic clock, pinning
+ * the calling thread to the CPU it runs on (single-core figures), the CPU's model name, and
+ * reading a whole file with a size cap.
+ *
+ * Benchmarks are programs, not library code: these helpers print nothing themselves and return
+ * 0 or -errno so the caller can say which file or call failed.
+ */
+#ifndef SHADOW_BENCH_UTIL_H
+#define SHADOW_BENCH_UTIL_H
+
+#include <sched.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+uint64_t bench_now_ns(void);
+
+/* Seconds between two bench_now_ns() readings. */
+static inline double bench_seconds(uint64_t t0_ns, uint64_t t1_ns)
+{
+	return (double)(t1_ns - t0_ns) * 1e-9;
+}
+
+/*
+ * Pin the calling thread to the CPU it is running on now. The previous affinity mask goes to
+ * *saved_ret (give it back with bench_unpin) and the CPU to *cpu_ret. Returns 0 or -errno.
+ */
+int bench_pin_current_cpu(cpu_set_t *saved_ret, int *cpu_ret);
+
+/* Restore the mask saved by bench_pin_current_cpu(). */
+void bench_unpin(const cpu_set_t *saved);
+
+/* "model name" of /proc/cpuinfo (or a fallback) into buf; always NUL-terminated. */
+void bench_cpu_model(char *buf, size_t buf_nbytes);
+
+/*
+ * Read the whole of `path` into a malloc()ed buffer (*buf_ret, free() it) of *nbytes_ret
+ * bytes. Returns 0, -errno, or -EFBIG if the file is larger than max_nbytes.
+ */
+int bench_read_file(const char *path, uint64_t max_nbytes, uint8_t **buf_ret,
+		    size_t *nbytes_ret);
+
+/* Whether `path` names an existing regular file. */
+int bench_file_exists(const char *path);
+
+#endif /* SHADOW_BENCH_UTIL_H */
