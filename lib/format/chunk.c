@@ -16,6 +16,11 @@
 
 #define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack: no allocation */
 #include <xxhash.h>
+#if defined(__x86_64__)
+/* libxxhash's run-time dispatch to its AVX2/AVX-512 code: the same hash, 4x faster than the
+ * baseline build's (64 KiB: 71 vs 17 GB/s here). Every frame is checksummed on decode. */
+#include <xxh_x86dispatch.h>
+#endif
 
 #include "format/chunk.h"
 #include "quant/quant.h"

@@ -1,10 +1,17 @@
 /*
  * demo.c - `shadowctl demo`, what `make demo` runs: the end-to-end path that exists so far.
  *
- * Today that is prefix matching by chunk key: two requests share a real document's first
- * tokens (the shared KV data's token ids when present, synthetic ids otherwise) and the demo
- * shows which chunks the second request would find cached. Each stage the project adds
- * (codec, store, data plane) joins this demo when it lands; it never prints canned output.
+ * Today that is
+ *  1. prefix matching by chunk key: two requests share a real document's first tokens (the
+ *     shared KV data's token ids when present, synthetic ids otherwise) and the demo shows
+ *     which chunks the second request would find cached;
+ *  2. the codec path a prefix hit takes: the real KV of the shared dumps (synthetic KV when
+ *     they are absent) encoded chunk by chunk into containers, parsed and decoded frame by
+ *     frame into a paged KV region, and checked against the original: bit-exact for the
+ *     lossless scheme, attention-output error for the lossy ones. This is bench/codec with
+ *     three schemes and one timed pass each.
+ * Each stage the project adds (store, data plane) joins this demo when it lands; it never
+ * prints canned output.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -13,6 +20,7 @@
 
 #include <shadow/shadow.h>
 
+#include "codec_bench.h"
 #include "shadowctl.h"
 
 #define DEMO_SYNTHETIC_TOKENS 2048u
@@ -115,5 +123,14 @@ int shadowctl_demo(int argc, char **argv)
 		fprintf(stderr, "shadowctl: demo: %s\n", shadow_strerror(err));
 		return 1;
 	}
-	return 0;
+
+	/* Lossless; ~3% and ~10% attention error (docs/results.md). */
+	printf("\ncodec: encode each 256-token chunk, decode each frame into a paged KV region, "
+	       "verify\n");
+	fflush(stdout);
+	char *bench_argv[] = {
+		"shadowctl demo", "--schemes", "bf16planes+zstd1,pca-s0.09+zstd1,pca-s0.3+zstd1",
+		"--min-time", "0", "--no-reference", NULL,
+	};
+	return shadow_bench_codec_main(6, bench_argv);
 }
