@@ -159,3 +159,14 @@ const char *shadow__cpu_features_string(uint32_t features)
 	}
 	return len ? buf : "none";
 }
+
+size_t shadow__cpu_runnable(const uint32_t *needs, size_t n, size_t *idx_ret)
+{
+	uint32_t f = shadow__cpu_features();
+	size_t m = 0;
+
+	for (size_t i = 0; i < n; i++)
+		if ((f & needs[i]) == needs[i])
+			idx_ret[m++] = i;
+	return m;
+}

@@ -56,6 +56,14 @@ uint32_t shadow__cpu_features(void) SHADOW_INTERNAL;
  */
 const char *shadow__cpu_features_string(uint32_t features) SHADOW_INTERNAL;
 
+/*
+ * For kernel families compiled for several ISAs (lib/quant): needs[i] is the SHADOW_CPU_* set
+ * variant i's target attribute names (0 for the scalar reference), variants listed slowest
+ * first. Writes the indexes of those this CPU runs, as shadow__cpu_features() reports (so
+ * SHADOW_FORCE_ISA narrows them), in order, into idx_ret (room for n); returns how many.
+ */
+size_t shadow__cpu_runnable(const uint32_t *needs, size_t n, size_t *idx_ret) SHADOW_INTERNAL;
+
 #if defined(SHADOW_TESTING)
 /* Forget the cached features so that the next call detects again and rereads SHADOW_FORCE_ISA. */
 void shadow__cpu_features_reset_for_testing(void) SHADOW_INTERNAL;

@@ -39,32 +39,37 @@ float shadow__fp16_to_float(uint16_t h)
 	return f;
 }
 
-/* A variant runs if the CPU has every feature its target attribute names. */
+/* The variants, slowest first, and the features each one's target attribute names. */
+static const struct shadow__dequant_kernels *const shadow_dequant_all[] = {
+	&shadow__dequant_scalar,
 #if defined(__x86_64__)
-#define SHADOW_DQ_AVX2_NEEDS (SHADOW_CPU_AVX2 | SHADOW_CPU_F16C)
-#define SHADOW_DQ_AVX512_NEEDS (SHADOW_DQ_AVX2_NEEDS | SHADOW_CPU_AVX512)
+	&shadow__dequant_avx2,
+	&shadow__dequant_avx512,
+#elif defined(__aarch64__)
+	&shadow__dequant_neon,
 #endif
+};
+
+static const uint32_t shadow_dequant_needs[] = {
+	0,
+#if defined(__x86_64__)
+	SHADOW_CPU_AVX2 | SHADOW_CPU_F16C,
+	SHADOW_CPU_AVX2 | SHADOW_CPU_F16C | SHADOW_CPU_AVX512,
+#elif defined(__aarch64__)
+	SHADOW_CPU_NEON,
+#endif
+};
+
+SHADOW_STATIC_ASSERT(SHADOW_ARRAY_SIZE(shadow_dequant_all) == SHADOW_ARRAY_SIZE(shadow_dequant_needs),
+		     "one feature set per variant");
 
 size_t shadow__dequant_variants(const struct shadow__dequant_kernels **out, size_t max)
 {
-	const struct shadow__dequant_kernels *all[4];
-	uint32_t f = shadow__cpu_features();
-	size_t n = 0;
+	size_t idx[SHADOW_ARRAY_SIZE(shadow_dequant_all)];
+	size_t n = shadow__cpu_runnable(shadow_dequant_needs, SHADOW_ARRAY_SIZE(idx), idx);
 
-	all[n++] = &shadow__dequant_scalar;
-#if defined(__x86_64__)
-	if ((f & SHADOW_DQ_AVX2_NEEDS) == SHADOW_DQ_AVX2_NEEDS)
-		all[n++] = &shadow__dequant_avx2;
-	if ((f & SHADOW_DQ_AVX512_NEEDS) == SHADOW_DQ_AVX512_NEEDS)
-		all[n++] = &shadow__dequant_avx512;
-#elif defined(__aarch64__)
-	if (f & SHADOW_CPU_NEON)
-		all[n++] = &shadow__dequant_neon;
-#else
-	(void)f;
-#endif
 	for (size_t i = 0; i < n && i < max; i++)
-		out[i] = all[i];
+		out[i] = shadow_dequant_all[idx[i]];
 	return n;
 }
 

@@ -246,31 +246,37 @@ static inline void pk_store_fp16_neon(uint8_t *out, pk_vf_neon x)
 
 /* ---- dispatch ---- */
 
+/* The variants, slowest first, and the features each one's target attribute names. */
+static const struct shadow__pca_kernel *const pk_all[] = {
+	&shadow__pca_kernel_scalar,
 #if defined(__x86_64__)
-#define PK_AVX2_NEEDS (SHADOW_CPU_AVX2 | SHADOW_CPU_FMA | SHADOW_CPU_F16C)
-#define PK_AVX512_NEEDS (PK_AVX2_NEEDS | SHADOW_CPU_AVX512)
+	&shadow__pca_kernel_avx2,
+	&shadow__pca_kernel_avx512,
+#elif defined(__aarch64__)
+	&shadow__pca_kernel_neon,
 #endif
+};
+
+static const uint32_t pk_needs[] = {
+	0,
+#if defined(__x86_64__)
+	SHADOW_CPU_AVX2 | SHADOW_CPU_FMA | SHADOW_CPU_F16C,
+	SHADOW_CPU_AVX2 | SHADOW_CPU_FMA | SHADOW_CPU_F16C | SHADOW_CPU_AVX512,
+#elif defined(__aarch64__)
+	SHADOW_CPU_NEON,
+#endif
+};
+
+SHADOW_STATIC_ASSERT(SHADOW_ARRAY_SIZE(pk_all) == SHADOW_ARRAY_SIZE(pk_needs),
+		     "one feature set per variant");
 
 size_t shadow__pca_kernel_variants(const struct shadow__pca_kernel **out, size_t max)
 {
-	const struct shadow__pca_kernel *all[4];
-	uint32_t f = shadow__cpu_features();
-	size_t n = 0;
+	size_t idx[SHADOW_ARRAY_SIZE(pk_all)];
+	size_t n = shadow__cpu_runnable(pk_needs, SHADOW_ARRAY_SIZE(idx), idx);
 
-	all[n++] = &shadow__pca_kernel_scalar;
-#if defined(__x86_64__)
-	if ((f & PK_AVX2_NEEDS) == PK_AVX2_NEEDS)
-		all[n++] = &shadow__pca_kernel_avx2;
-	if ((f & PK_AVX512_NEEDS) == PK_AVX512_NEEDS)
-		all[n++] = &shadow__pca_kernel_avx512;
-#elif defined(__aarch64__)
-	if (f & SHADOW_CPU_NEON)
-		all[n++] = &shadow__pca_kernel_neon;
-#else
-	(void)f;
-#endif
 	for (size_t i = 0; i < n && i < max; i++)
-		out[i] = all[i];
+		out[i] = pk_all[idx[i]];
 	return n;
 }
 
