@@ -36,6 +36,7 @@ struct shadow_codec {
 	size_t frame_elems;   /* chunk_tokens * n_kv_heads * head_dim */
 	struct shadow__lossless_ctx *lossless;
 	const struct shadow__dequant_kernels *kernels;
+	const struct shadow__dequant_kernels *kernels_tame; /* for frames of tame parameters */
 	const struct shadow__pca_kernel *pca;
 	const struct shadow_transform *transform; /* for SHADOW_QUANT_PCA frames; not owned */
 	uint64_t transform_id;
@@ -71,6 +72,7 @@ int shadow_codec_create(const struct shadow_kv_geometry *geom, struct shadow_cod
 	c->elem = shadow_dtype_nbytes(geom->dtype);
 	c->frame_elems = (size_t)geom->chunk_tokens * geom->n_kv_heads * geom->head_dim;
 	c->kernels = shadow__dequant_kernels();
+	c->kernels_tame = shadow__dequant_kernels_tame();
 	c->pca = shadow__pca_kernel();
 	err = shadow__lossless_ctx_create(&c->lossless);
 	if (err != 0)
@@ -555,35 +557,48 @@ static int unpack_pca(struct shadow_codec *c, const struct shadow__stage_map *m,
 	return 0;
 }
 
-/* A grouped frame's parameters, bf16 in the container, as floats in c->scale and c->bias. */
-static void load_params(struct shadow_codec *c, const struct shadow__frame_entry *e,
-			const uint8_t *params)
+/*
+ * Per-channel parameters (group_channels 1: the vector kernels) as floats in c->scale and
+ * c->bias. Returns whether all are tame (quant.h): then the faster tame kernels give the same
+ * bytes. A hostile container with NaN or tiny parameters simply takes the general kernels.
+ */
+static bool load_params(struct shadow_codec *c, uint32_t n_groups, const uint8_t *params)
 {
-	uint32_t n_groups = e->params_nbytes / 4;
+	bool tame = true;
+
 	for (uint32_t i = 0; i < n_groups; i++) {
-		c->scale[i] = shadow__bf16_to_float(shadow__load_le16(params + 2 * i));
-		c->bias[i] = shadow__bf16_to_float(shadow__load_le16(params + 2 * (n_groups + i)));
+		uint16_t s = shadow__load_le16(params + 2 * i);
+		uint16_t b = shadow__load_le16(params + 2 * (n_groups + i));
+		c->scale[i] = shadow__bf16_to_float(s);
+		c->bias[i] = shadow__bf16_to_float(b);
+		tame &= shadow__bf16_tame(s) & shadow__bf16_tame(b);
 	}
+	return tame;
 }
 
 /*
  * Uniform and ECSQ frames: one (token, head) row of head_dim symbols at a time, dequantized
  * straight into its place in the staging image. Groups are tiles of group_tokens x
  * group_channels ordered [token group][head][channel group]: per-channel groups use the vector
- * kernels (a scale per element), wider ones the scalar kernels, one call per group.
+ * kernels (a scale per element, converted once per frame), wider ones the scalar kernels, one
+ * call per group with its parameters read where they lie (values have a group per token and
+ * head: converting them all first cost a quarter of int8's decode time).
  */
 static void unpack_grouped(struct shadow_codec *c, const struct shadow__stage_map *m,
-			   const struct shadow__frame_entry *e, const uint8_t *raw, uint8_t *stage)
+			   const struct shadow__frame_entry *e, const uint8_t *params,
+			   const uint8_t *raw, uint8_t *stage)
 {
-	const struct shadow__dequant_kernels *k = c->kernels;
 	enum shadow__out_dtype dt = (enum shadow__out_dtype)c->geom.dtype;
 	uint32_t d = c->geom.head_dim, heads = c->geom.n_kv_heads, gc = e->group_channels;
-	uint32_t per_row = d / gc;
+	uint32_t per_row = d / gc, n_groups = e->params_nbytes / 4;
 	bool ecsq = e->quant == SHADOW_QUANT_ECSQ;
 	bool packed = e->flags & SHADOW_CHUNK_FLAG_PACKED;
 	size_t row_packed = (size_t)d * e->bits / 8; /* head_dim * bits is a multiple of 8 */
 	const uint8_t *hi_plane = raw + c->frame_elems; /* ECSQ: high bytes after the low bytes */
+	const struct shadow__dequant_kernels *kv = c->kernels;
 
+	if (gc == 1 && load_params(c, n_groups, params))
+		kv = c->kernels_tame;
 	for (uint32_t t = 0; t < c->geom.chunk_tokens; t++) {
 		size_t group_row = (size_t)(t / e->group_tokens) * heads;
 		for (uint32_t h = 0; h < heads; h++) {
@@ -593,24 +608,29 @@ static void unpack_grouped(struct shadow_codec *c, const struct shadow__stage_ma
 			uint8_t *out = stage + shadow__stage_map_offset(m, t, h);
 
 			if (packed) {
-				k->unpack_bits(raw + row * row_packed, e->bits, c->row, d);
+				c->kernels->unpack_bits(raw + row * row_packed, e->bits, c->row, d);
 				q = c->row;
 			}
 			if (gc == 1) {
 				if (ecsq)
-					k->row_vec_zz(q, hi, c->scale + g, c->bias + g, out, d, dt);
+					kv->row_vec_zz(q, hi, c->scale + g, c->bias + g, out, d, dt);
 				else
-					k->row_vec(q, c->scale + g, c->bias + g, out, d, dt);
+					kv->row_vec(q, c->scale + g, c->bias + g, out, d, dt);
 				continue;
 			}
 			for (uint32_t j = 0; j < per_row; j++) {
 				size_t at = (size_t)j * gc;
+				uint16_t sh = shadow__load_le16(params + 2 * (g + j));
+				uint16_t bh = shadow__load_le16(params + 2 * (n_groups + g + j));
+				float sf = shadow__bf16_to_float(sh), bf = shadow__bf16_to_float(bh);
+				const struct shadow__dequant_kernels *k =
+					shadow__bf16_tame(sh) && shadow__bf16_tame(bh) ? c->kernels_tame
+										: c->kernels;
 				uint8_t *o = out + at * c->elem;
 				if (ecsq)
-					k->row_scalar_zz(q + at, hi + at, c->scale[g + j], c->bias[g + j],
-							 o, gc, dt);
+					k->row_scalar_zz(q + at, hi + at, sf, bf, o, gc, dt);
 				else
-					k->row_scalar(q + at, c->scale[g + j], c->bias[g + j], o, gc, dt);
+					k->row_scalar(q + at, sf, bf, o, gc, dt);
 			}
 		}
 	}
@@ -662,8 +682,7 @@ int shadow_chunk_decode_frame(struct shadow_codec *c, const struct shadow_chunk_
 				  (uint64_t)view->chunk_index * g->chunk_tokens,
 				  view->base + e.params_offset, raw, stage);
 	default:
-		load_params(c, &e, view->base + e.params_offset);
-		unpack_grouped(c, &m, &e, raw, stage);
+		unpack_grouped(c, &m, &e, view->base + e.params_offset, raw, stage);
 		break;
 	}
 	return 0;

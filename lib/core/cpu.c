@@ -70,11 +70,14 @@ static uint32_t shadow_cpu_detect(void)
 				f |= SHADOW_CPU_AVX512BW;
 			if (b & (1u << 31))
 				f |= SHADOW_CPU_AVX512VL;
+			__cpuid_count(7, 1, a, b, c, d);
+			if (a & (1u << 5))
+				f |= SHADOW_CPU_AVX512BF16;
 		}
 	}
 	/* No AVX-512 kernel without the AVX2 level under it (cpu.h). */
 	if (!(f & SHADOW_CPU_AVX2))
-		f &= ~SHADOW_CPU_AVX512;
+		f &= ~(SHADOW_CPU_AVX512 | SHADOW_CPU_AVX512BF16);
 	return f;
 }
 #elif defined(__aarch64__)
@@ -138,6 +141,7 @@ static const struct {
 	{ SHADOW_CPU_FMA, "fma" },	    { SHADOW_CPU_BMI2, "bmi2" },
 	{ SHADOW_CPU_F16C, "f16c" },	    { SHADOW_CPU_AVX512F, "avx512f" },
 	{ SHADOW_CPU_AVX512BW, "avx512bw" }, { SHADOW_CPU_AVX512VL, "avx512vl" },
+	{ SHADOW_CPU_AVX512BF16, "avx512bf16" },
 	{ SHADOW_CPU_NEON, "neon" },
 };
 

@@ -32,10 +32,12 @@
 #define SHADOW_CPU_AVX512F (1u << 5)
 #define SHADOW_CPU_AVX512BW (1u << 6)
 #define SHADOW_CPU_AVX512VL (1u << 7)
+#define SHADOW_CPU_AVX512BF16 (1u << 8) /* vcvtneps2bf16 */
 /* arm64 */
 #define SHADOW_CPU_NEON (1u << 16)
 
-/* What SHADOW_FORCE_ISA=avx2 keeps; "avx512" keeps these plus the AVX-512 flags. */
+/* What SHADOW_FORCE_ISA=avx2 keeps; "avx512" keeps these plus the AVX-512 flags (not BF16:
+ * forcing avx512 runs the kernels every AVX-512 CPU runs). */
 #define SHADOW_CPU_X86_AVX2_LEVEL \
 	(SHADOW_CPU_SSE42 | SHADOW_CPU_AVX2 | SHADOW_CPU_FMA | SHADOW_CPU_BMI2 | SHADOW_CPU_F16C)
 #define SHADOW_CPU_X86_AVX512_LEVEL \

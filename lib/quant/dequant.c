@@ -63,14 +63,47 @@ static const uint32_t shadow_dequant_needs[] = {
 SHADOW_STATIC_ASSERT(SHADOW_ARRAY_SIZE(shadow_dequant_all) == SHADOW_ARRAY_SIZE(shadow_dequant_needs),
 		     "one feature set per variant");
 
-size_t shadow__dequant_variants(const struct shadow__dequant_kernels **out, size_t max)
+/* Variants that are exact only for tame parameters (quant.h), slowest first. */
+#if defined(__x86_64__)
+static const struct shadow__dequant_kernels *const shadow_dequant_tame_only[] = {
+	&shadow__dequant_avx512bf16,
+};
+static const uint32_t shadow_dequant_tame_needs[] = {
+	SHADOW_CPU_AVX2 | SHADOW_CPU_F16C | SHADOW_CPU_AVX512 | SHADOW_CPU_AVX512BF16,
+};
+#define SHADOW_DQ_N_TAME SHADOW_ARRAY_SIZE(shadow_dequant_tame_only)
+#else
+#define SHADOW_DQ_N_TAME 0
+#endif
+
+/* Append the runnable ones of variants[0 .. n) to out[*m ..), up to max. */
+static size_t dequant_append(const struct shadow__dequant_kernels *const *variants,
+			     const uint32_t *needs, size_t n, const struct shadow__dequant_kernels **out,
+			     size_t max, size_t m)
 {
 	size_t idx[SHADOW_ARRAY_SIZE(shadow_dequant_all)];
-	size_t n = shadow__cpu_runnable(shadow_dequant_needs, SHADOW_ARRAY_SIZE(idx), idx);
+	size_t k = shadow__cpu_runnable(needs, n, idx);
 
-	for (size_t i = 0; i < n && i < max; i++)
-		out[i] = shadow_dequant_all[idx[i]];
-	return n;
+	for (size_t i = 0; i < k; i++, m++)
+		if (m < max)
+			out[m] = variants[idx[i]];
+	return m;
+}
+
+size_t shadow__dequant_variants(const struct shadow__dequant_kernels **out, size_t max)
+{
+	return dequant_append(shadow_dequant_all, shadow_dequant_needs,
+			      SHADOW_ARRAY_SIZE(shadow_dequant_all), out, max, 0);
+}
+
+size_t shadow__dequant_tame_variants(const struct shadow__dequant_kernels **out, size_t max)
+{
+	size_t m = shadow__dequant_variants(out, max);
+#if defined(__x86_64__)
+	m = dequant_append(shadow_dequant_tame_only, shadow_dequant_tame_needs, SHADOW_DQ_N_TAME, out,
+			   max, m);
+#endif
+	return m;
 }
 
 static _Atomic(const struct shadow__dequant_kernels *) shadow_dequant_chosen;
@@ -91,9 +124,28 @@ const struct shadow__dequant_kernels *shadow__dequant_kernels(void)
 	return k;
 }
 
+static _Atomic(const struct shadow__dequant_kernels *) shadow_dequant_tame_chosen;
+
+const struct shadow__dequant_kernels *shadow__dequant_kernels_tame(void)
+{
+	/* relaxed: as shadow__dequant_kernels(). */
+	const struct shadow__dequant_kernels *k =
+		atomic_load_explicit(&shadow_dequant_tame_chosen, memory_order_relaxed);
+	const struct shadow__dequant_kernels *v[SHADOW_ARRAY_SIZE(shadow_dequant_all) +
+						  SHADOW_DQ_N_TAME];
+
+	if (shadow_likely(k != NULL))
+		return k;
+	k = v[shadow__dequant_tame_variants(v, SHADOW_ARRAY_SIZE(v)) - 1];
+	atomic_store_explicit(&shadow_dequant_tame_chosen, k, memory_order_relaxed);
+	SHADOW_LOGD("dequant kernels for tame parameters: %s", k->isa);
+	return k;
+}
+
 #if defined(SHADOW_TESTING)
 void shadow__dequant_reset_for_testing(void)
 {
 	atomic_store_explicit(&shadow_dequant_chosen, NULL, memory_order_relaxed);
+	atomic_store_explicit(&shadow_dequant_tame_chosen, NULL, memory_order_relaxed);
 }
 #endif

@@ -12,7 +12,12 @@
 
 #include "quant/dequant_template.h" /* the shared part */
 
+#if defined(SHADOW_DQ_AVX512_BF16)
+/* dequant_avx512bf16.c: the same kernels, bf16 stored with vcvtneps2bf16 (tame parameters) */
+#define DQ_ATTR __attribute__((target("avx2,f16c,avx512f,avx512bw,avx512vl,avx512bf16")))
+#else
 #define DQ_ATTR __attribute__((target("avx2,f16c,avx512f,avx512bw,avx512vl")))
+#endif
 
 /* ---- row_vec, row_scalar: 16 elements per step ---- */
 #define DQ_VW 16
@@ -63,6 +68,18 @@ DQ_ATTR static inline dq_vf dq_canon_nan(dq_vf x)
 	return _mm512_mask_mov_ps(x, nan, _mm512_castsi512_ps(_mm512_set1_epi32(0x7fc00000)));
 }
 
+#if defined(SHADOW_DQ_AVX512_BF16)
+/*
+ * Round to nearest even in one instruction. vcvtneps2bf16 reads subnormal inputs as zero and
+ * keeps a NaN's payload, so this equals the reference only for results that are neither: what
+ * tame parameters guarantee (quant.h, shadow__dequant_kernels_tame()). 1.5x the throughput of
+ * the integer rounding below (row_vec, 128-element rows: 33 vs 22 GB/s, /tmp micro-benchmark).
+ */
+DQ_ATTR static inline void dq_store_bf16(uint8_t *out, dq_vf x)
+{
+	_mm256_storeu_si256((__m256i *)(void *)out, (__m256i)_mm512_cvtneps_pbh(x));
+}
+#else
 DQ_ATTR static inline void dq_store_bf16(uint8_t *out, dq_vf x)
 {
 	__m512i u = _mm512_castps_si512(dq_canon_nan(x));
@@ -72,6 +89,7 @@ DQ_ATTR static inline void dq_store_bf16(uint8_t *out, dq_vf x)
 	_mm256_storeu_si256((__m256i *)(void *)out,
 			    _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));
 }
+#endif
 
 DQ_ATTR static inline void dq_store_fp16(uint8_t *out, dq_vf x)
 {
@@ -135,8 +153,13 @@ DQ_ATTR static inline void dq_unpack_step(const uint8_t *p, const struct dq_unpa
 	_mm256_storeu_si256((__m256i *)(void *)q, _mm256_packus_epi16(a, d));
 }
 
+#if defined(SHADOW_DQ_AVX512_BF16)
+#define DQ_SUFFIX avx512bf16
+#define DQ_ISA "avx512bf16"
+#else
 #define DQ_SUFFIX avx512
 #define DQ_ISA "avx512"
+#endif
 #include "quant/dequant_template.h"
 
 #endif /* __x86_64__ */

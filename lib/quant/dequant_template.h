@@ -75,6 +75,7 @@ extern const struct shadow__dequant_kernels shadow__dequant_scalar SHADOW_INTERN
 #if defined(__x86_64__)
 extern const struct shadow__dequant_kernels shadow__dequant_avx2 SHADOW_INTERNAL;
 extern const struct shadow__dequant_kernels shadow__dequant_avx512 SHADOW_INTERNAL;
+extern const struct shadow__dequant_kernels shadow__dequant_avx512bf16 SHADOW_INTERNAL;
 #endif
 #if defined(__aarch64__)
 extern const struct shadow__dequant_kernels shadow__dequant_neon SHADOW_INTERNAL;

@@ -94,6 +94,33 @@ struct shadow__dequant_kernels {
  */
 const struct shadow__dequant_kernels *shadow__dequant_kernels(void) SHADOW_INTERNAL;
 
+/*
+ * A bf16 parameter is tame when it is zero, or finite and at least 2^-100 in magnitude. When
+ * every scale and bias of a frame is tame, no result q * scale + bias is NaN or subnormal:
+ * q * scale is exact in float (16-bit symbols times an 8-bit significand), and both terms are
+ * multiples of 2^-107, so their sum is 0 or at least 2^-107 in magnitude (overflow gives
+ * infinity, not NaN). Kernels may then round with instructions that treat NaN and subnormal
+ * values their own way (AVX512-BF16's vcvtneps2bf16) and still give the reference's bytes.
+ */
+static inline bool shadow__bf16_tame(uint16_t h)
+{
+	uint16_t e = h & 0x7f80u;
+	return (h & 0x7fffu) == 0 || (e >= (27u << 7) && e != 0x7f80u);
+}
+
+/*
+ * The fastest kernels for frames whose parameters are all tame (see above): the AVX512-BF16
+ * variant where the CPU has it, else shadow__dequant_kernels(). Chosen once, thread-safe.
+ */
+const struct shadow__dequant_kernels *shadow__dequant_kernels_tame(void) SHADOW_INTERNAL;
+
+/*
+ * Every variant valid for tame parameters that the CPU runs (shadow__dequant_variants(), then
+ * those that need tame parameters), slowest first; returns the count. For tests.
+ */
+size_t shadow__dequant_tame_variants(const struct shadow__dequant_kernels **out, size_t max)
+	SHADOW_INTERNAL;
+
 #if defined(SHADOW_TESTING)
 /*
  * Forget the choice, so that the next shadow__dequant_kernels() chooses again. To change

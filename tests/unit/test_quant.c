@@ -64,6 +64,34 @@ static float rnd_param(bool hostile, float lo, float hi)
 	return rnd_uniform(lo, hi);
 }
 
+/*
+ * A tame parameter (quant.h) from the corners of the definition: a signed zero, ordinary
+ * values, the smallest tame exponents (2^-100 ..), and values near bf16's maximum, whose
+ * products overflow to infinity.
+ */
+static float rnd_tame_param(float lo, float hi)
+{
+	uint16_t sign = (uint16_t)((rnd() & 1) << 15), mant = (uint16_t)(rnd() & 0x7f);
+
+	switch (rnd() & 7) {
+	case 0:
+		return shadow__bf16_to_float(sign);
+	case 1: /* exponent 27 .. 30: 2^-100 .. 2^-97 */
+		return shadow__bf16_to_float(sign | (uint16_t)((27u + (rnd() & 3)) << 7) | mant);
+	case 2: /* exponent 250 .. 254 */
+		return shadow__bf16_to_float(sign | (uint16_t)((250u + rnd() % 5) << 7) | mant);
+	default:
+		return shadow__bf16_to_float(shadow__float_to_bf16(rnd_uniform(lo, hi)));
+	}
+}
+
+enum param_mode { PARAMS_ORDINARY, PARAMS_HOSTILE, PARAMS_TAME };
+
+static float rnd_param_mode(enum param_mode mode, float lo, float hi)
+{
+	return mode == PARAMS_TAME ? rnd_tame_param(lo, hi) : rnd_param(mode == PARAMS_HOSTILE, lo, hi);
+}
+
 static size_t variants(const struct shadow__dequant_kernels **v)
 {
 	size_t n = shadow__dequant_variants(v, MAX_VARIANTS);
@@ -111,7 +139,8 @@ static void call_row(const struct shadow__dequant_kernels *k, int kernel, const 
  * One row-kernel call per variant on the same inputs; outputs must be the same bytes. q is
  * also the low plane of the ECSQ kernels, hi their high plane (random: any code, -32768 too).
  */
-static void check_rows(const struct shadow__dequant_kernels **v, size_t nv, size_t n, bool hostile)
+static void check_rows(const struct shadow__dequant_kernels **v, size_t nv, size_t n,
+		       enum param_mode mode)
 {
 	uint8_t *q = malloc(n), *hi = malloc(n); /* exactly sized: ASan catches over-reads */
 	float *scale = malloc(n * sizeof(float)), *bias = malloc(n * sizeof(float));
@@ -127,8 +156,8 @@ static void check_rows(const struct shadow__dequant_kernels **v, size_t nv, size
 		q[i] = (uint8_t)rnd();
 		/* mostly small codes (the common case), sometimes any */
 		hi[i] = (rnd() & 3) == 0 ? (uint8_t)rnd() : (uint8_t)(rnd() & 1);
-		scale[i] = rnd_param(hostile, 0.0f, 0.05f);
-		bias[i] = rnd_param(hostile, -4.0f, 4.0f);
+		scale[i] = rnd_param_mode(mode, 0.0f, 0.05f);
+		bias[i] = rnd_param_mode(mode, -4.0f, 4.0f);
 	}
 	float s1 = scale[n / 2], b1 = bias[0];
 
@@ -184,11 +213,43 @@ static void test_variants_rows(void **state)
 		assert_int_equal(nv, 3);
 #endif
 	for (size_t n = 1; n <= MAX_N; n++) {
-		check_rows(v, nv, n, false);
-		check_rows(v, nv, n, true);
+		check_rows(v, nv, n, PARAMS_ORDINARY);
+		check_rows(v, nv, n, PARAMS_HOSTILE);
 	}
 	for (int rep = 0; rep < 20; rep++)
-		check_rows(v, nv, 4096 + (rnd() & 63), true);
+		check_rows(v, nv, 4096 + (rnd() & 63), PARAMS_HOSTILE);
+}
+
+/* The tame-only variants (AVX512-BF16) give the reference's bytes for tame parameters. */
+static void test_variants_tame(void **state)
+{
+	(void)state;
+	const struct shadow__dequant_kernels *v[MAX_VARIANTS];
+	size_t nv = shadow__dequant_tame_variants(v, MAX_VARIANTS), nv_all = variants(v);
+
+	assert_true(nv >= nv_all && nv <= MAX_VARIANTS);
+	shadow__dequant_tame_variants(v, MAX_VARIANTS);
+	for (size_t i = 0; i < nv; i++)
+		print_message("tame variant %zu: %s\n", i, v[i]->isa);
+#if defined(__x86_64__)
+	if (shadow__cpu_features() & SHADOW_CPU_AVX512BF16) {
+		assert_int_equal(nv, nv_all + 1);
+		assert_string_equal(shadow__dequant_kernels_tame()->isa, "avx512bf16");
+	}
+#endif
+	assert_ptr_equal(shadow__dequant_kernels_tame(), v[nv - 1]);
+	for (size_t n = 1; n <= MAX_N; n++)
+		check_rows(v, nv, n, PARAMS_TAME);
+	for (int rep = 0; rep < 20; rep++)
+		check_rows(v, nv, 4096 + (rnd() & 63), PARAMS_TAME);
+
+	/* the definition's edges */
+	assert_true(shadow__bf16_tame(0x0000) && shadow__bf16_tame(0x8000));
+	assert_true(shadow__bf16_tame(0x0d80) && shadow__bf16_tame(0x8d80)); /* 2^-100 */
+	assert_false(shadow__bf16_tame(0x0d7f) || shadow__bf16_tame(0x0001)); /* below */
+	assert_true(shadow__bf16_tame(0x7f7f) && shadow__bf16_tame(0x3f80));
+	assert_false(shadow__bf16_tame(0x7f80) || shadow__bf16_tame(0xff80)); /* infinities */
+	assert_false(shadow__bf16_tame(0x7fc0) || shadow__bf16_tame(0x7f81)); /* NaN */
 }
 
 /*
@@ -1416,6 +1477,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_variants_rows, reset_all, reset_all),
+		cmocka_unit_test_setup_teardown(test_variants_tame, reset_all, reset_all),
 		cmocka_unit_test_setup_teardown(test_variants_convert, reset_all, reset_all),
 		cmocka_unit_test_setup_teardown(test_variants_zz_codes, reset_all, reset_all),
 		cmocka_unit_test_setup_teardown(test_variants_merge, reset_all, reset_all),
