@@ -15,6 +15,7 @@
 #include <libdeflate.h>
 
 #include "fidelity.h"
+#include "quant/quant.h" /* bf16 conversions */
 
 void bench_err_add(struct bench_err *acc, const struct bench_err *e)
 {
@@ -64,8 +65,8 @@ static void attn_layer(struct bench_attn *a, uint32_t layer, const uint16_t *k,
 			for (uint32_t d = 0; d < D; d++) {
 				size_t src = ((size_t)t * H + h) * D + d;
 				size_t dst = ((size_t)h * T + t) * D + d;
-				a->kd[dst] = bench_bf16_to_float(k[src]);
-				a->vd[dst] = bench_bf16_to_float(v[src]);
+				a->kd[dst] = shadow__bf16_to_float(k[src]);
+				a->vd[dst] = shadow__bf16_to_float(v[src]);
 			}
 	for (uint32_t i = 0; i < kv->n_q; i++) {
 		const uint32_t p = kv->q_start + i;
@@ -79,7 +80,7 @@ static void attn_layer(struct bench_attn *a, uint32_t layer, const uint16_t *k,
 			double m = -INFINITY, sum = 0.0;
 
 			for (uint32_t d = 0; d < D; d++)
-				a->qd[d] = bench_bf16_to_float(q[d]);
+				a->qd[d] = shadow__bf16_to_float(q[d]);
 			for (uint32_t j = 0; j <= p; j++) {
 				double s = dot(a->qd, kb + (size_t)j * D, D) * scale;
 				a->scores[j] = s;
@@ -145,8 +146,8 @@ static void plane_errors(const uint16_t *x, const uint16_t *y, size_t n, double 
 	double s_num = 0.0, s_den = 0.0, m = 0.0;
 
 	for (size_t i = 0; i < n; i++) {
-		double a = bench_bf16_to_float(x[i]);
-		double d = bench_bf16_to_float(y[i]) - a;
+		double a = shadow__bf16_to_float(x[i]);
+		double d = shadow__bf16_to_float(y[i]) - a;
 		s_num += d * d;
 		s_den += a * a;
 		if (fabs(d) > m || d != d)
@@ -202,7 +203,7 @@ static size_t minmax_frame(const uint16_t *x, uint32_t n_tok, uint32_t H, uint32
 		float lo = INFINITY, hi = -INFINITY, step, inv;
 
 		for (size_t i = 0; i < n; i++) {
-			float f = bench_bf16_to_float(x[first + i * stride]);
+			float f = shadow__bf16_to_float(x[first + i * stride]);
 			lo = f < lo ? f : lo;
 			hi = f > hi ? f : hi;
 		}
@@ -210,11 +211,11 @@ static size_t minmax_frame(const uint16_t *x, uint32_t n_tok, uint32_t H, uint32
 		inv = step > 0.0f ? 1.0f / step : 0.0f;
 		for (size_t i = 0; i < n; i++) {
 			size_t at = first + i * stride;
-			float f = bench_bf16_to_float(x[at]);
+			float f = shadow__bf16_to_float(x[at]);
 			float q = nearbyintf((f - lo) * inv);
 			q = q < 0.0f ? 0.0f : (q > levels ? levels : q);
 			sym[at] = (uint8_t)q;
-			out[at] = bench_float_to_bf16(lo + q * step);
+			out[at] = shadow__float_to_bf16(lo + q * step);
 		}
 	}
 	return n_groups;

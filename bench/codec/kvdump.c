@@ -20,6 +20,7 @@
 
 #include "bench_util.h"
 #include "kvdump.h"
+#include "quant/quant.h" /* bf16 conversions */
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "bench_codec reads little-endian bf16 in place: little-endian hosts only"
@@ -504,7 +505,7 @@ int bench_kv_synthetic(const char *prog, uint32_t n_tokens, struct bench_kv *kv)
 			}
 			for (uint32_t t = 0; t < n_tokens; t++)
 				for (uint32_t c = 0; c < channels; c++)
-					p[(size_t)t * channels + c] = bench_float_to_bf16(
+					p[(size_t)t * channels + c] = shadow__float_to_bf16(
 						(float)(offset[c] + scale[c] * rng_gauss(&rng)));
 		}
 	}
@@ -516,7 +517,7 @@ int bench_kv_synthetic(const char *prog, uint32_t n_tokens, struct bench_kv *kv)
 	if (kv->q == NULL)
 		goto fail;
 	for (size_t i = 0; i < (size_t)n_layers * kv->n_q * q_heads * dim; i++)
-		kv->q[i] = bench_float_to_bf16((float)rng_gauss(&rng));
+		kv->q[i] = shadow__float_to_bf16((float)rng_gauss(&rng));
 	kv->has_queries = true;
 	kv->queries_synthetic = true;
 	free(scale);

@@ -65,27 +65,4 @@ int bench_kv_synthetic(const char *prog, uint32_t n_tokens, struct bench_kv *kv_
 
 void bench_kv_free(struct bench_kv *kv);
 
-/* bf16 bits to float. */
-static inline float bench_bf16_to_float(uint16_t h)
-{
-	union {
-		uint32_t u;
-		float f;
-	} v = { .u = (uint32_t)h << 16 };
-	return v.f;
-}
-
-/* float to bf16, round to nearest even (NaN stays NaN). */
-static inline uint16_t bench_float_to_bf16(float f)
-{
-	union {
-		float f;
-		uint32_t u;
-	} v = { .f = f };
-	if ((v.u & 0x7fffffffu) > 0x7f800000u)
-		return (uint16_t)((v.u >> 16) | 0x40u);
-	v.u += 0x7fffu + ((v.u >> 16) & 1u);
-	return (uint16_t)(v.u >> 16);
-}
-
 #endif /* SHADOW_BENCH_KVDUMP_H */
