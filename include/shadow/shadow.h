@@ -4,8 +4,8 @@
  * ShadowServe fetches compressed KV-cache chunks of shared prompt prefixes from a store,
  * decodes them off the serving engine's GPU and CPU, and copies them into the engine's paged
  * KV memory. This header is the contract for everything the library exports: KV geometry and
- * paged layouts, chunk keys, status codes and logging. (The codec, store and pipeline sections
- * arrive with their subsystems.)
+ * paged layouts, chunk keys, the chunk container and its codecs, status codes and logging.
+ * (The store and pipeline sections arrive with their subsystems.)
  *
  * Conventions, for every function below unless it says otherwise:
  *  - Functions that can fail return 0 on success or a negative status code: either -errno
@@ -374,9 +374,11 @@ SHADOW_API int shadow_key_parse(const char *text, const char *prefix,
  *  1. quantization: none (the dtype's bytes as they are), planes (bf16/fp16 split into a plane
  *     of high bytes then a plane of low bytes: lossless, and easier to entropy-code), uniform
  *     (b-bit integer symbols, 2 <= b <= 8, with one scale and offset per group of tokens x
- *     channels: keys per channel over the chunk by default, values per token), or ECSQ
+ *     channels: keys per channel over the chunk by default, values per token), ECSQ
  *     (entropy-coded scalar quantization: a fixed step per group, unbounded signed symbols,
- *     no clipping; keys per channel, values per head by default);
+ *     no clipping; keys per channel, values per head by default), or PCA (ECSQ of the
+ *     coefficients of a per-model struct shadow_transform, keys un-rotated first: the best
+ *     ratio at a given fidelity, and the slowest to decode; docs/results.md);
  *  2. a lossless stage: none, raw DEFLATE (libdeflate; 32 KiB window, so hardware
  *     decompressors can decode it) or zstd.
  */
