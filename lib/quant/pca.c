@@ -403,21 +403,53 @@ corrupt:
 /* ---- RoPE ---- */
 
 /*
- * Undo rotate-half RoPE on a key head vector at position pos (HF convention: channel i and
- * i + n/2 are rotated together by pos * inv_freq[i]): x1 = x1' cos + x2' sin,
- * x2 = x2' cos - x1' sin, in double. Encoder and calibration only.
+ * The rotation angles of consecutive positions, for the encoder and calibration, which walk a
+ * sequence token by token: cos and sin of pos * inv_freq[i] advance by one rotation per
+ * position (in double: 65536 steps lose ~1e-12), so libm is called per walk, not per vector.
  */
-static void unrope_row(const struct shadow_transform *t, uint64_t pos, float *x)
+struct rope_walk {
+	size_t half;
+	double c[SHADOW_MAX_HEAD_DIM / 2], s[SHADOW_MAX_HEAD_DIM / 2];
+	double cw[SHADOW_MAX_HEAD_DIM / 2], sw[SHADOW_MAX_HEAD_DIM / 2];
+};
+
+static void rope_walk_start(struct rope_walk *w, const struct shadow_transform *t, uint64_t pos)
 {
-	size_t half = t->head_dim / 2u;
+	w->half = t->head_dim / 2u;
+	for (size_t i = 0; i < w->half; i++) {
+		double f = t->inv_freq[i], th = (double)pos * f;
+
+		w->c[i] = cos(th);
+		w->s[i] = sin(th);
+		w->cw[i] = cos(f);
+		w->sw[i] = sin(f);
+	}
+}
+
+static void rope_walk_next(struct rope_walk *w)
+{
+	for (size_t i = 0; i < w->half; i++) {
+		double c = w->c[i] * w->cw[i] - w->s[i] * w->sw[i];
+
+		w->s[i] = w->s[i] * w->cw[i] + w->c[i] * w->sw[i];
+		w->c[i] = c;
+	}
+}
+
+/*
+ * Undo rotate-half RoPE on a key head vector at the walk's position (HF convention: channel i
+ * and i + n/2 are rotated together by pos * inv_freq[i]): x1 = x1' cos + x2' sin,
+ * x2 = x2' cos - x1' sin, in double.
+ */
+static void unrope_row(const struct rope_walk *w, float *x)
+{
+	size_t half = w->half;
 
 	for (size_t i = 0; i < half; i++) {
 		double a = x[i], b = x[i + half];
-		double th = (double)pos * (double)t->inv_freq[i];
-		double c = cos(th), sn = sin(th);
 
-		x[i] = (float)(a * c + b * sn);
-		x[i + half] = (float)(b * c - a * sn);
+		x[i] = (float)(a * w->c[i] + b * w->s[i]);
+		x[i + half] = (float)(b * w->c[i] - a * w->s[i]);
 	}
 }
 
@@ -554,6 +586,7 @@ struct calib_work {
 	double *z;    /* 4 * n: centred rows */
 	float *row;   /* n */
 	size_t *order; /* n */
+	struct rope_walk rope;
 };
 
 /* One head row as float: false if an element is not finite. */
@@ -597,18 +630,26 @@ static void calib_head(struct shadow_transform *t, const struct shadow_kv_geomet
 	float *mean_out = (float *)shadow__transform_mean(t, layer, kind, head);
 	float *basis_out = (float *)shadow__transform_basis(t, layer, kind, head);
 
+	bool rope = kind == SHADOW_KV_K && t->rope == SHADOW_ROPE_HALF;
+
 	/* pass 1: the mean */
 	memset(w->mean, 0, n * sizeof(double));
+	if (rope)
+		rope_walk_start(&w->rope, t, 0);
 	for (size_t bi = 0; bi < n_block_ids; bi++)
 		for (uint32_t tok = 0; tok < geom->block_tokens; tok++) {
 			int64_t off = shadow_layout_offset(layout, geom, layer, kind, block_ids[bi],
 							   tok, head);
 
 			SHADOW_ASSERT(off >= 0);
-			if (!read_row(region + off, geom->dtype, n, w->row))
+			bool finite = read_row(region + off, geom->dtype, n, w->row);
+			if (rope) {
+				if (finite)
+					unrope_row(&w->rope, w->row);
+				rope_walk_next(&w->rope); /* position bi * block_tokens + tok + 1 */
+			}
+			if (!finite)
 				continue;
-			if (kind == SHADOW_KV_K && t->rope == SHADOW_ROPE_HALF)
-				unrope_row(t, (uint64_t)bi * geom->block_tokens + tok, w->row);
 			for (size_t i = 0; i < n; i++)
 				w->mean[i] += w->row[i];
 			n_used++;
@@ -622,15 +663,21 @@ static void calib_head(struct shadow_transform *t, const struct shadow_kv_geomet
 	/* pass 2: the covariance (its scale does not matter: sums, not averages) */
 	memset(w->cov, 0, n * n * sizeof(double));
 	memset(w->z, 0, 4 * n * sizeof(double));
+	if (rope)
+		rope_walk_start(&w->rope, t, 0);
 	for (size_t bi = 0; bi < n_block_ids; bi++)
 		for (uint32_t tok = 0; tok < geom->block_tokens; tok++) {
 			int64_t off = shadow_layout_offset(layout, geom, layer, kind, block_ids[bi],
 							   tok, head);
 
-			if (!read_row(region + off, geom->dtype, n, w->row))
+			bool finite = read_row(region + off, geom->dtype, n, w->row);
+			if (rope) {
+				if (finite)
+					unrope_row(&w->rope, w->row);
+				rope_walk_next(&w->rope);
+			}
+			if (!finite)
 				continue;
-			if (kind == SHADOW_KV_K && t->rope == SHADOW_ROPE_HALF)
-				unrope_row(t, (uint64_t)bi * geom->block_tokens + tok, w->row);
 			for (size_t i = 0; i < n; i++)
 				w->z[k * n + i] = (double)w->row[i] - w->mean[i];
 			if (++k == 4) {
@@ -758,11 +805,19 @@ static bool project_row(const float *x, const float *mean, const float *basis, s
 	}
 	for (size_t j = 0; j < n; j++) {
 		const float *b = basis + j * n;
-		double s = 0;
+		/* four independent sums: one chain of n dependent adds was the encoder's bottleneck */
+		double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+		size_t d = 0;
 
-		for (size_t d = 0; d < n; d++)
-			s += (double)b[d] * z[d];
-		y[j] = s;
+		for (; d + 4 <= n; d += 4) {
+			s0 += (double)b[d] * z[d];
+			s1 += (double)b[d + 1] * z[d + 1];
+			s2 += (double)b[d + 2] * z[d + 2];
+			s3 += (double)b[d + 3] * z[d + 3];
+		}
+		for (; d < n; d++)
+			s0 += (double)b[d] * z[d];
+		y[j] = (s0 + s1) + (s2 + s3);
 	}
 	return true;
 }
@@ -773,17 +828,20 @@ static double round_even(double r)
 	return r >= 0 ? (r + 0x1p52) - 0x1p52 : -((-r + 0x1p52) - 0x1p52);
 }
 
-/* Row tok of head h for projection: keys un-rotated into `buf` when the transform has RoPE. */
-static const float *frame_row(const struct shadow_transform *t, uint32_t kind,
-			      uint64_t first_position, const float *x, uint32_t tok, uint32_t h,
-			      float *buf)
+/*
+ * Row tok of head h for projection: keys un-rotated into `buf` when `rope` (a walk at this
+ * token's position) is given. Non-finite rows are returned as they are (project_row rejects
+ * them).
+ */
+static const float *frame_row(const struct shadow_transform *t, const struct rope_walk *rope,
+			      const float *x, uint32_t tok, uint32_t h, float *buf)
 {
 	const float *row = x + ((size_t)tok * t->n_kv_heads + h) * t->head_dim;
 
-	if (kind != SHADOW_KV_K || t->rope != SHADOW_ROPE_HALF)
+	if (rope == NULL)
 		return row;
 	memcpy(buf, row, t->head_dim * sizeof(float));
-	unrope_row(t, first_position + tok, buf);
+	unrope_row(rope, buf);
 	return buf;
 }
 
@@ -794,6 +852,8 @@ int shadow__pca_quantize_frame(const struct shadow_transform *t, uint32_t layer,
 	size_t n, row_n;
 	double z[SHADOW_MAX_HEAD_DIM], y[SHADOW_MAX_HEAD_DIM];
 	float rbuf[SHADOW_MAX_HEAD_DIM];
+	struct rope_walk walk;
+	bool rope;
 
 	if (t == NULL || x == NULL || lo == NULL || hi == NULL || steps == NULL ||
 	    layer >= t->n_layers || kind > 1u || n_tokens == 0 || !isfinite(step_mul) ||
@@ -801,6 +861,8 @@ int shadow__pca_quantize_frame(const struct shadow_transform *t, uint32_t layer,
 		return -EINVAL;
 	n = t->head_dim;
 	row_n = (size_t)t->n_kv_heads * n;
+	rope = kind == SHADOW_KV_K && t->rope == SHADOW_ROPE_HALF;
+	walk.half = 0; /* set by rope_walk_start() whenever it is read */
 	for (uint32_t h = 0; h < t->n_kv_heads; h++) {
 		const float *mean = shadow__transform_mean(t, layer, kind, h);
 		const float *basis = shadow__transform_basis(t, layer, kind, h);
@@ -810,9 +872,14 @@ int shadow__pca_quantize_frame(const struct shadow_transform *t, uint32_t layer,
 		uint16_t sb;
 
 		/* pass 1: rms of the coefficients of the finite rows */
+		if (rope)
+			rope_walk_start(&walk, t, first_position);
 		for (uint32_t tok = 0; tok < n_tokens; tok++) {
-			if (!project_row(frame_row(t, kind, first_position, x, tok, h, rbuf), mean,
-					 basis, n, z, y))
+			bool finite = project_row(frame_row(t, rope ? &walk : NULL, x, tok, h, rbuf),
+						  mean, basis, n, z, y);
+			if (rope)
+				rope_walk_next(&walk);
+			if (!finite)
 				continue;
 			for (size_t j = 0; j < n; j++)
 				sum2 += y[j] * y[j];
@@ -827,10 +894,15 @@ int shadow__pca_quantize_frame(const struct shadow_transform *t, uint32_t layer,
 		stepf = shadow__bf16_to_float(sb);
 
 		/* pass 2: symbols against the stored step (same arithmetic as pass 1) */
+		if (rope)
+			rope_walk_start(&walk, t, first_position);
 		for (uint32_t tok = 0; tok < n_tokens; tok++) {
 			size_t base = tok * row_n + h * n;
-			bool finite = project_row(frame_row(t, kind, first_position, x, tok, h, rbuf),
+			bool finite = project_row(frame_row(t, rope ? &walk : NULL, x, tok, h, rbuf),
 						  mean, basis, n, z, y);
+
+			if (rope)
+				rope_walk_next(&walk);
 
 			for (size_t j = 0; j < n; j++) {
 				int32_t q = 0;
