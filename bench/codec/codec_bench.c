@@ -401,7 +401,6 @@ static int file_setup(const struct options *o, struct file_state *f)
 {
 	struct bench_kv *kv = &f->kv;
 	const uint32_t chunk = o->chunk_tokens;
-	const uint64_t vec_nbytes = (uint64_t)kv->head_dim * 2u;
 	struct shadow_chunk_key ns;
 	uint32_t *tokens = NULL;
 	size_t n_keys;
@@ -467,25 +466,9 @@ static int file_setup(const struct options *o, struct file_state *f)
 	}
 
 	/* The dump into the paged region, head vector by head vector. */
-	for (uint32_t l = 0; l < kv->n_layers; l++)
-		for (unsigned kind = 0; kind < 2; kind++) {
-			const uint16_t *src = bench_kv_plane(kv, l, kind);
-			for (uint32_t t = 0; t < kv->n_tokens; t++)
-				for (uint32_t h = 0; h < kv->n_kv_heads; h++) {
-					int64_t off = shadow_layout_offset(
-						&f->layout, &f->geom, l, (enum shadow_kv_kind)kind,
-						t / BLOCK_TOKENS, t % BLOCK_TOKENS, h);
-					if (off < 0 || (uint64_t)off + vec_nbytes > f->region_nbytes) {
-						fprintf(stderr, "%s: shadow_layout_offset: %s\n",
-							o->prog, shadow_strerror((int)off));
-						rc = off < 0 ? (int)off : -EINVAL;
-						goto out;
-					}
-					memcpy(f->region + off,
-					       src + ((size_t)t * kv->n_kv_heads + h) * kv->head_dim,
-					       vec_nbytes);
-				}
-		}
+	rc = bench_kv_to_region(o->prog, kv, kv->n_tokens, &f->geom, &f->layout, f->region);
+	if (rc < 0)
+		goto out;
 	for (uint32_t i = 0; i < f->n_chunks * f->bpc; i++)
 		f->block_ids[i] = i;
 

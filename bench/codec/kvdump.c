@@ -541,3 +541,30 @@ void bench_kv_free(struct bench_kv *kv)
 	free(kv->ids);
 	memset(kv, 0, sizeof(*kv));
 }
+
+int bench_kv_to_region(const char *prog, const struct bench_kv *kv, uint32_t n_tokens,
+		       const struct shadow_kv_geometry *geom, const struct shadow_kv_layout *layout,
+		       uint8_t *region)
+{
+	const uint64_t vec_nbytes = (uint64_t)kv->head_dim * 2u;
+
+	for (uint32_t l = 0; l < kv->n_layers; l++)
+		for (unsigned kind = 0; kind < 2; kind++) {
+			const uint16_t *src = bench_kv_plane(kv, l, kind);
+			for (uint32_t t = 0; t < n_tokens; t++)
+				for (uint32_t h = 0; h < kv->n_kv_heads; h++) {
+					int64_t off = shadow_layout_offset(
+						layout, geom, l, (enum shadow_kv_kind)kind,
+						t / geom->block_tokens, t % geom->block_tokens, h);
+					if (off < 0 || (uint64_t)off + vec_nbytes > layout->region_nbytes) {
+						fprintf(stderr, "%s: shadow_layout_offset: %s\n", prog,
+							shadow_strerror(off < 0 ? (int)off : -EINVAL));
+						return off < 0 ? (int)off : -EINVAL;
+					}
+					memcpy(region + off,
+					       src + ((size_t)t * kv->n_kv_heads + h) * kv->head_dim,
+					       vec_nbytes);
+				}
+		}
+	return 0;
+}

@@ -17,6 +17,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <shadow/shadow.h>
+
 /* Largest decompressed dump accepted (the shared ones are 12.6 MB). */
 #define BENCH_KV_MAX_NBYTES (8ull << 30)
 
@@ -64,5 +66,14 @@ int bench_kv_load(const char *prog, const char *path, struct bench_kv *kv_ret);
 int bench_kv_synthetic(const char *prog, uint32_t n_tokens, struct bench_kv *kv_ret);
 
 void bench_kv_free(struct bench_kv *kv);
+
+/*
+ * Copy the first n_tokens tokens of the dump into a paged region described by layout/geom
+ * (block b holds tokens b * block_tokens ..; the region must hold them). Returns 0 or a
+ * negative code (message printed, prefixed by prog).
+ */
+int bench_kv_to_region(const char *prog, const struct bench_kv *kv, uint32_t n_tokens,
+		       const struct shadow_kv_geometry *geom, const struct shadow_kv_layout *layout,
+		       uint8_t *region);
 
 #endif /* SHADOW_BENCH_KVDUMP_H */

@@ -3,7 +3,8 @@
  *
  *   shadowctl geometry [PRESET]                 presets and their per-chunk sizes
  *   shadowctl keys [options] TOKENS.u32         chunk keys of a token file (docs/keys.md)
- *   shadowctl inspect CHUNK                     describe a chunk container file
+ *   shadowctl inspect FILE                      describe a chunk container or transform file
+ *   shadowctl calibrate [options] -o OUT DUMP   make a PCA transform file from a KV dump
  *   shadowctl bench codec [ARGS]                the codec benchmark (bench_codec --help)
  *   shadowctl cpu                               CPU features the data plane will use
  *   shadowctl gpu                               whether the CUDA module and a GPU are usable
@@ -23,6 +24,7 @@
 
 #include "codec_bench.h"
 #include "core/cpu.h"
+#include "kvdump.h"
 #include "shadowctl.h"
 
 static int usage(FILE *out)
@@ -32,7 +34,9 @@ static int usage(FILE *out)
 		"  geometry [PRESET]                 list presets, or describe one\n"
 		"  keys [--preset P] [--model ID] [--salt S] [--prefix P] [--chunk N] TOKENS.u32\n"
 		"                                    print the chunk keys of a token file\n"
-		"  inspect CHUNK                     describe a chunk container file\n"
+		"  inspect FILE                      describe a chunk container or transform file\n"
+		"  calibrate [--rope-theta X] -o OUT DUMP.kvd[.xz]\n"
+		"                                    make a PCA transform file from a KV dump\n"
 		"  bench codec [ARGS]                codec benchmark (see bench_codec --help)\n"
 		"  cpu                               CPU features used by the codecs\n"
 		"  gpu                               probe the CUDA module and GPUs\n"
@@ -240,6 +244,20 @@ static int cmd_inspect(int argc, char **argv)
 		fprintf(stderr, "shadowctl: %s: %s\n", argv[1], shadow_strerror(err));
 		return 1;
 	}
+	if (n >= 4 && memcmp(buf, "SHKT", 4) == 0) { /* a transform file */
+		struct shadow_transform *t;
+		err = shadow_transform_load(buf, n, NULL, &t);
+		if (err == 0) {
+			printf("transform id %016llx, %zu bytes\n",
+			       (unsigned long long)shadow_transform_id(t), n);
+			shadow_transform_free(t);
+		} else {
+			fprintf(stderr, "shadowctl: %s: not a valid transform: %s\n", argv[1],
+				shadow_strerror(err));
+		}
+		free(buf);
+		return err == 0 ? 0 : 1;
+	}
 	size_t text_nbytes = 1 << 20;
 	char *text = malloc(text_nbytes);
 	err = text != NULL ? shadow_chunk_describe(buf, n, text, text_nbytes) : -ENOMEM;
@@ -250,6 +268,95 @@ static int cmd_inspect(int argc, char **argv)
 	free(text);
 	free(buf);
 	return err >= 0 ? 0 : 1;
+}
+
+/*
+ * A PCA transform (docs/format.md, "Transform file") from the KV of one dump, every token of
+ * it, in 16-token blocks. Calibrate on text other than what will be served; the
+ * transform is per model, shared by every encoder and decoder of a fleet.
+ */
+static int cmd_calibrate(int argc, char **argv)
+{
+	static const struct option options[] = {
+		{ "rope-theta", required_argument, NULL, 'r' },
+		{ "out", required_argument, NULL, 'o' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *out = NULL;
+	double theta = 0;
+	int opt;
+	optind = 1;
+	while ((opt = getopt_long(argc, argv, "o:", options, NULL)) != -1) {
+		switch (opt) {
+		case 'r': theta = strtod(optarg, NULL); break;
+		case 'o': out = optarg; break;
+		default: return usage(stderr);
+		}
+	}
+	if (out == NULL || optind != argc - 1)
+		return usage(stderr);
+
+	struct bench_kv kv;
+	int err = bench_kv_load("shadowctl", argv[optind], &kv);
+	if (err != 0)
+		return 1;
+	struct shadow_kv_geometry g = {
+		.n_layers = kv.n_layers, .n_kv_heads = kv.n_kv_heads, .head_dim = kv.head_dim,
+		.dtype = SHADOW_DTYPE_BF16, .block_tokens = 16, .chunk_tokens = 16,
+	};
+	uint32_t n_blocks = kv.n_tokens / g.block_tokens;
+	struct shadow_kv_layout layout;
+	struct shadow_transform *t = NULL;
+	uint8_t *region = NULL, *file = NULL;
+	uint32_t *ids = NULL;
+	float inv_freq[SHADOW_MAX_HEAD_DIM / 2];
+	size_t file_nbytes = 0;
+	uint64_t region_nbytes = (uint64_t)n_blocks * g.block_tokens * shadow_geometry_token_nbytes(&g);
+
+	err = n_blocks == 0 ? -EINVAL : 0;
+	if (err == 0)
+		err = shadow_layout_init(&layout, &g, SHADOW_LAYOUT_NHD, n_blocks, 0, region_nbytes);
+	if (err == 0 && theta != 0)
+		err = shadow_rope_inv_freq(theta, g.head_dim, inv_freq);
+	if (err == 0) {
+		region = malloc(region_nbytes);
+		ids = malloc(n_blocks * sizeof(*ids));
+		err = region != NULL && ids != NULL ? 0 : -ENOMEM;
+	}
+	if (err == 0)
+		err = bench_kv_to_region("shadowctl", &kv, n_blocks * g.block_tokens, &g, &layout,
+					 region);
+	for (uint32_t i = 0; err == 0 && i < n_blocks; i++)
+		ids[i] = i;
+	if (err == 0)
+		err = shadow_transform_calibrate(&g, region, &layout, ids, n_blocks,
+						 theta != 0 ? inv_freq : NULL, &t);
+	if (err == 0 && shadow_transform_save(t, NULL, 0, &file_nbytes) != -ENOBUFS)
+		err = -EINVAL;
+	if (err == 0)
+		err = (file = malloc(file_nbytes)) != NULL ? 0 : -ENOMEM;
+	if (err == 0)
+		err = shadow_transform_save(t, file, file_nbytes, &file_nbytes);
+	if (err == 0) {
+		FILE *f = fopen(out, "wb");
+		if (f == NULL || fwrite(file, 1, file_nbytes, f) != file_nbytes || fclose(f) != 0)
+			err = -EIO;
+	}
+	if (err == 0)
+		printf("%s: transform id %016llx from %u tokens of %s (%u layers, %u KV heads, "
+		       "head_dim %u), keys %s, %zu bytes\n",
+		       out, (unsigned long long)shadow_transform_id(t), n_blocks * g.block_tokens,
+		       kv.name, g.n_layers, g.n_kv_heads, g.head_dim,
+		       theta != 0 ? "un-rotated (RoPE)" : "as they are (no --rope-theta)",
+		       file_nbytes);
+	else
+		fprintf(stderr, "shadowctl: calibrate: %s\n", shadow_strerror(err));
+	free(file);
+	free(ids);
+	free(region);
+	shadow_transform_free(t);
+	bench_kv_free(&kv);
+	return err == 0 ? 0 : 1;
 }
 
 static int cmd_bench(int argc, char **argv)
@@ -289,7 +396,8 @@ int main(int argc, char **argv)
 		int (*fn)(int argc, char **argv);
 	} commands[] = {
 		{ "geometry", cmd_geometry }, { "keys", cmd_keys },	    { "inspect", cmd_inspect },
-		{ "bench", cmd_bench },	      { "cpu", cmd_cpu },	    { "gpu", cmd_gpu },
+		{ "bench", cmd_bench },	      { "calibrate", cmd_calibrate }, { "cpu", cmd_cpu },
+		{ "gpu", cmd_gpu },
 		{ "demo", shadowctl_demo },
 	};
 	if (argc < 2)
