@@ -599,6 +599,32 @@ static void unpack_grouped(struct shadow_codec *c, const struct shadow__stage_ma
 
 	if (gc == 1 && load_params(c, n_groups, params))
 		kv = c->kernels_tame;
+	/*
+	 * Per-channel uniform groups in a token-major image (NHD caches): the image is the frame
+	 * in canonical order, so a whole token group is one rows_vec call, its parameters held in
+	 * registers across its rows (int8 keys: 512 row calls per minillama frame become 1).
+	 */
+	if (gc == 1 && !ecsq && !packed && m->token_major) {
+		size_t row_n = (size_t)heads * d;
+		for (uint32_t t0 = 0; t0 < c->geom.chunk_tokens; t0 += e->group_tokens) {
+			uint32_t rows = SHADOW_MIN(e->group_tokens, c->geom.chunk_tokens - t0);
+			size_t g = (size_t)(t0 / e->group_tokens) * row_n;
+			kv->rows_vec(raw + t0 * row_n, c->scale + g, c->bias + g,
+				     stage + shadow__stage_map_offset(m, t0, 0), rows, row_n, dt);
+		}
+		return;
+	}
+	/* Per-token value groups (the default), token-major: one rows_scalar call per frame, the
+	 * parameters read where they lie. */
+	if (gc == d && e->group_tokens == 1 && !ecsq && !packed && m->token_major) {
+		bool tame = true;
+		for (uint32_t i = 0; i < 2 * n_groups; i++)
+			tame &= shadow__bf16_tame(shadow__load_le16(params + 2 * i));
+		(tame ? c->kernels_tame : c->kernels)
+			->rows_scalar(raw, params, params + 2 * (size_t)n_groups, stage, n_groups, d,
+				      dt);
+		return;
+	}
 	for (uint32_t t = 0; t < c->geom.chunk_tokens; t++) {
 		size_t group_row = (size_t)(t / e->group_tokens) * heads;
 		for (uint32_t h = 0; h < heads; h++) {

@@ -198,6 +198,55 @@ DQ_ATTR static void DQ_FN(row_vec)(const uint8_t *q, const float *scale, const f
 	}
 }
 
+/*
+ * rows_vec: n_rows consecutive rows of n elements (row r at q + r * n, out + 2 * r * n), all
+ * with the same per-element parameters: the rows of one key token group in a token-major
+ * staging image. Each column block's parameters stay in registers across the rows, which row_vec
+ * called per row reloads; every element is computed exactly as row_vec computes it.
+ */
+#ifndef DQ_ROWS_COLS
+#define DQ_ROWS_COLS 4 /* vectors of columns per block: 8 parameter registers */
+#endif
+
+DQ_ATTR static void DQ_FN(rows_vec)(const uint8_t *q, const float *scale, const float *bias,
+				    void *out, size_t n_rows, size_t n,
+				    enum shadow__out_dtype dtype)
+{
+	uint8_t *o = out;
+	size_t c = 0;
+
+	SHADOW_ASSERT(dtype == SHADOW_OUT_BF16 || dtype == SHADOW_OUT_FP16);
+#if defined(DQ_VW)
+	for (; n - c >= DQ_ROWS_COLS * DQ_VW; c += DQ_ROWS_COLS * DQ_VW) {
+		dq_vf s[DQ_ROWS_COLS], b[DQ_ROWS_COLS];
+
+		for (size_t k = 0; k < DQ_ROWS_COLS; k++) {
+			s[k] = dq_loadf(scale + c + k * DQ_VW);
+			b[k] = dq_loadf(bias + c + k * DQ_VW);
+		}
+		for (size_t r = 0; r < n_rows; r++) {
+			const uint8_t *qr = q + r * n + c;
+			uint8_t *or_ = o + 2 * (r * n + c);
+
+			if (dtype == SHADOW_OUT_BF16) {
+				for (size_t k = 0; k < DQ_ROWS_COLS; k++)
+					dq_store_bf16(or_ + 2 * k * DQ_VW,
+						      dq_muladd(dq_cvt_u8(qr + k * DQ_VW), s[k], b[k]));
+			} else {
+				for (size_t k = 0; k < DQ_ROWS_COLS; k++)
+					dq_store_fp16(or_ + 2 * k * DQ_VW,
+						      dq_muladd(dq_cvt_u8(qr + k * DQ_VW), s[k], b[k]));
+			}
+		}
+	}
+#endif
+	/* The columns past the last whole block, row by row. */
+	if (c < n)
+		for (size_t r = 0; r < n_rows; r++)
+			DQ_FN(row_vec)(q + r * n + c, scale + c, bias + c, o + 2 * (r * n + c), n - c,
+				       dtype);
+}
+
 DQ_ATTR static void DQ_FN(row_scalar)(const uint8_t *q, float scale, float bias, void *out,
 				      size_t n, enum shadow__out_dtype dtype)
 {
@@ -222,6 +271,27 @@ DQ_ATTR static void DQ_FN(row_scalar)(const uint8_t *q, float scale, float bias,
 #endif
 		for (; i < n; i++)
 			dq_put16(o + 2 * i, dq_out_fp16((float)q[i] * scale + bias));
+	}
+}
+
+/*
+ * rows_scalar: n_rows consecutive rows of n elements (row r at q + r * n, out + 2 * r * n), row
+ * r with its own scale and bias, read as little-endian bf16 from scale_bf16 + 2 r and
+ * bias_bf16 + 2 r (a value frame's parameter block, one group per token and head, as the
+ * container stores it). Each row is exactly row_scalar's.
+ */
+DQ_ATTR static void DQ_FN(rows_scalar)(const uint8_t *q, const uint8_t *scale_bf16,
+				       const uint8_t *bias_bf16, void *out, size_t n_rows, size_t n,
+				       enum shadow__out_dtype dtype)
+{
+	uint8_t *o = out;
+
+	for (size_t r = 0; r < n_rows; r++) {
+		const uint8_t *sp = scale_bf16 + 2 * r, *bp = bias_bf16 + 2 * r;
+		uint16_t sh = (uint16_t)(sp[0] | sp[1] << 8), bh = (uint16_t)(bp[0] | bp[1] << 8);
+
+		DQ_FN(row_scalar)(q + r * n, shadow__bf16_to_float(sh), shadow__bf16_to_float(bh),
+				  o + 2 * r * n, n, dtype);
 	}
 }
 
@@ -357,6 +427,8 @@ DQ_ATTR static void DQ_FN(unpack_bits)(const uint8_t *packed, unsigned bits, uin
 const struct shadow__dequant_kernels DQ_CAT(shadow__dequant, DQ_SUFFIX) = {
 	.isa = DQ_ISA,
 	.row_vec = DQ_FN(row_vec),
+	.rows_vec = DQ_FN(rows_vec),
+	.rows_scalar = DQ_FN(rows_scalar),
 	.row_scalar = DQ_FN(row_scalar),
 	.merge_planes = DQ_FN(merge_planes),
 	.unpack_bits = DQ_FN(unpack_bits),

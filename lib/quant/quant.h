@@ -71,6 +71,14 @@ struct shadow__dequant_kernels {
 	/* out[i] = round(q[i] * scale[i] + bias[i]) for i < n (per-channel parameters: keys) */
 	void (*row_vec)(const uint8_t *q, const float *scale, const float *bias, void *out,
 			size_t n, enum shadow__out_dtype dtype);
+	/* row_vec on n_rows consecutive rows of n elements (row r at q + r * n, out + 2 * r * n)
+	 * sharing the same scale[0..n) and bias[0..n): one key token group, token-major */
+	void (*rows_vec)(const uint8_t *q, const float *scale, const float *bias, void *out,
+			 size_t n_rows, size_t n, enum shadow__out_dtype dtype);
+	/* row_scalar on n_rows consecutive rows of n elements, row r with the little-endian bf16
+	 * scale at scale_bf16 + 2 r and bias at bias_bf16 + 2 r: a value frame, token-major */
+	void (*rows_scalar)(const uint8_t *q, const uint8_t *scale_bf16, const uint8_t *bias_bf16,
+			    void *out, size_t n_rows, size_t n, enum shadow__out_dtype dtype);
 	/* out[i] = round(q[i] * scale + bias) for i < n (one group: values) */
 	void (*row_scalar)(const uint8_t *q, float scale, float bias, void *out, size_t n,
 			   enum shadow__out_dtype dtype);

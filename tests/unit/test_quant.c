@@ -220,6 +220,111 @@ static void test_variants_rows(void **state)
 		check_rows(v, nv, 4096 + (rnd() & 63), PARAMS_HOSTILE);
 }
 
+/* rows_vec of every variant == the scalar row_vec row by row (shared parameters). */
+static void check_rows_vec(const struct shadow__dequant_kernels **v, size_t nv,
+			   enum param_mode mode)
+{
+	static const size_t widths[] = { 1, 15, 16, 63, 64, 65, 128, 200, 256, 300 };
+	static const size_t row_counts[] = { 1, 3, 17 };
+
+	for (size_t wi = 0; wi < SHADOW_ARRAY_SIZE(widths); wi++) {
+		for (size_t ri = 0; ri < SHADOW_ARRAY_SIZE(row_counts); ri++) {
+			size_t n = widths[wi], rows = row_counts[ri], total = n * rows;
+			uint8_t *q = malloc(total), *ref = malloc(2 * total), *out = malloc(2 * total);
+			float *scale = malloc(n * sizeof(float)), *bias = malloc(n * sizeof(float));
+
+			assert_true(q && ref && out && scale && bias);
+			for (size_t i = 0; i < total; i++)
+				q[i] = (uint8_t)rnd();
+			for (size_t i = 0; i < n; i++) {
+				scale[i] = rnd_param_mode(mode, 0.0f, 0.05f);
+				bias[i] = rnd_param_mode(mode, -4.0f, 4.0f);
+			}
+			for (int dt = 0; dt < 2; dt++) {
+				enum shadow__out_dtype dtype = dt ? SHADOW_OUT_FP16 : SHADOW_OUT_BF16;
+
+				for (size_t r = 0; r < rows; r++)
+					v[0]->row_vec(q + r * n, scale, bias, ref + 2 * r * n, n, dtype);
+				for (size_t k = 0; k < nv; k++) {
+					memset(out, 0xa5, 2 * total);
+					v[k]->rows_vec(q, scale, bias, out, rows, n, dtype);
+					if (memcmp(ref, out, 2 * total) != 0) {
+						print_error("%s rows_vec n %zu rows %zu dtype %d\n",
+							    v[k]->isa, n, rows, dt);
+						fail();
+					}
+				}
+			}
+			free(q);
+			free(ref);
+			free(out);
+			free(scale);
+			free(bias);
+		}
+	}
+}
+
+/* rows_scalar of every variant == the scalar row_scalar row by row (bf16 parameters). */
+static void check_rows_scalar(const struct shadow__dequant_kernels **v, size_t nv,
+			      enum param_mode mode)
+{
+	static const size_t widths[] = { 1, 16, 33, 128 };
+	enum { ROWS = 37 };
+
+	for (size_t wi = 0; wi < SHADOW_ARRAY_SIZE(widths); wi++) {
+		size_t n = widths[wi], total = n * ROWS;
+		uint8_t *q = malloc(total), *ref = malloc(2 * total), *out = malloc(2 * total);
+		uint8_t sp[2 * ROWS], bp[2 * ROWS];
+
+		assert_true(q && ref && out);
+		for (size_t i = 0; i < total; i++)
+			q[i] = (uint8_t)rnd();
+		for (size_t r = 0; r < ROWS; r++) {
+			uint16_t sh = shadow__float_to_bf16(rnd_param_mode(mode, 0.0f, 0.05f));
+			uint16_t bh = shadow__float_to_bf16(rnd_param_mode(mode, -4.0f, 4.0f));
+			sp[2 * r] = (uint8_t)sh;
+			sp[2 * r + 1] = (uint8_t)(sh >> 8);
+			bp[2 * r] = (uint8_t)bh;
+			bp[2 * r + 1] = (uint8_t)(bh >> 8);
+		}
+		for (int dt = 0; dt < 2; dt++) {
+			enum shadow__out_dtype dtype = dt ? SHADOW_OUT_FP16 : SHADOW_OUT_BF16;
+
+			for (size_t r = 0; r < ROWS; r++)
+				v[0]->row_scalar(q + r * n,
+						 shadow__bf16_to_float((uint16_t)(sp[2 * r] | sp[2 * r + 1] << 8)),
+						 shadow__bf16_to_float((uint16_t)(bp[2 * r] | bp[2 * r + 1] << 8)),
+						 ref + 2 * r * n, n, dtype);
+			for (size_t k = 0; k < nv; k++) {
+				memset(out, 0xa5, 2 * total);
+				v[k]->rows_scalar(q, sp, bp, out, ROWS, n, dtype);
+				if (memcmp(ref, out, 2 * total) != 0) {
+					print_error("%s rows_scalar n %zu dtype %d\n", v[k]->isa, n, dt);
+					fail();
+				}
+			}
+		}
+		free(q);
+		free(ref);
+		free(out);
+	}
+}
+
+static void test_variants_rows_vec(void **state)
+{
+	(void)state;
+	const struct shadow__dequant_kernels *v[MAX_VARIANTS];
+	size_t nv = variants(v);
+
+	check_rows_vec(v, nv, PARAMS_ORDINARY);
+	check_rows_vec(v, nv, PARAMS_HOSTILE);
+	check_rows_scalar(v, nv, PARAMS_ORDINARY);
+	check_rows_scalar(v, nv, PARAMS_HOSTILE);
+	nv = shadow__dequant_tame_variants(v, MAX_VARIANTS);
+	check_rows_vec(v, nv, PARAMS_TAME);
+	check_rows_scalar(v, nv, PARAMS_TAME);
+}
+
 /* The tame-only variants (AVX512-BF16) give the reference's bytes for tame parameters. */
 static void test_variants_tame(void **state)
 {
@@ -1478,6 +1583,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_variants_rows, reset_all, reset_all),
 		cmocka_unit_test_setup_teardown(test_variants_tame, reset_all, reset_all),
+		cmocka_unit_test_setup_teardown(test_variants_rows_vec, reset_all, reset_all),
 		cmocka_unit_test_setup_teardown(test_variants_convert, reset_all, reset_all),
 		cmocka_unit_test_setup_teardown(test_variants_zz_codes, reset_all, reset_all),
 		cmocka_unit_test_setup_teardown(test_variants_merge, reset_all, reset_all),
