@@ -6,7 +6,8 @@
  *
  * For every kernel variant this CPU runs (and, for the uniform and ECSQ kernels, the variants
  * valid for tame parameters), it decodes a 64 Ki-element frame as the codec does for a
- * minillama-h128 frame: rows of 128 elements, bf16 output. Parameters are ordinary (tame) KV
+ * minillama-h128 frame: rows of 128 elements, or the whole frame per call (rows_vec,
+ * rows_scalar: what the codec uses for token-major uniform frames), bf16 output. Parameters are ordinary (tame) KV
  * scales. The PCA row kernel runs with half of the coefficients zero. The checksum is XXH3-64
  * of 64 KiB through the baseline build of libxxhash and through its x86 dispatch. Inputs are
  * L1/L2-resident, as in the data plane where a frame is decoded right after it arrives.
@@ -42,6 +43,7 @@ struct data {
 	float mean[ROW], basis[ROW * ROW];
 	uint16_t out[N_ELEMS];
 	uint16_t src[N_ELEMS];
+	uint8_t param_bf16[4 * N_ELEMS / ROW]; /* scale then bias of each row, little-endian */
 };
 
 /* Best GB/s of `out_nbytes` per call of fn over passes filling min_time. */
@@ -80,6 +82,18 @@ static void run_rows(void *ctx)
 	struct run *r = ctx;
 	struct data *d = r->d;
 
+	if (r->kernel == 4) { /* whole frame: 256 tokens x 2 heads, one key token group */
+		r->k->rows_vec(d->q, d->scale, d->bias, d->out, N_ELEMS / (2 * ROW), 2 * ROW,
+			       SHADOW_OUT_BF16);
+		sink += d->out[N_ELEMS / 2];
+		return;
+	}
+	if (r->kernel == 5) { /* whole frame of per-row value groups, bf16 parameters */
+		r->k->rows_scalar(d->q, d->param_bf16, d->param_bf16 + N_ELEMS / ROW * 2, d->out,
+				  N_ELEMS / ROW, ROW, SHADOW_OUT_BF16);
+		sink += d->out[N_ELEMS / 2];
+		return;
+	}
 	for (size_t i = 0; i < N_ELEMS; i += ROW) {
 		size_t p = i % (2 * ROW); /* per-channel parameters of a 2-head token */
 		switch (r->kernel) {
@@ -172,6 +186,11 @@ int main(int argc, char **argv)
 		if (i % 2 == 0) /* zigzag code 0: a zero coefficient */
 			d->q[i] = d->hi[i] = 0;
 	}
+	for (size_t r = 0; r < 2 * N_ELEMS / ROW; r++) {
+		uint16_t h = shadow__float_to_bf16(r < N_ELEMS / ROW ? d->scale[r] : d->bias[r]);
+		d->param_bf16[2 * r] = (uint8_t)h;
+		d->param_bf16[2 * r + 1] = (uint8_t)(h >> 8);
+	}
 	for (size_t i = 0; i < ROW * ROW; i++)
 		d->basis[i] = (float)((int)(i * 2654435761u % 2001) - 1000) * 1e-4f;
 
@@ -190,10 +209,11 @@ int main(int argc, char **argv)
 	report("memcpy (reference)", "-", mc, mc);
 
 	static const char *const names[] = { "row_vec (uniform K)", "row_scalar (uniform V)",
-					     "row_vec_zz (ECSQ K)", "row_scalar_zz (ECSQ V)" };
+					     "row_vec_zz (ECSQ K)", "row_scalar_zz (ECSQ V)",
+					     "rows_vec (K, whole frame)", "rows_scalar (V, frame)" };
 	const struct shadow__dequant_kernels *v[MAX_VARIANTS];
 	size_t nv = shadow__dequant_tame_variants(v, MAX_VARIANTS);
-	for (int kernel = 0; kernel < 4; kernel++) {
+	for (int kernel = 0; kernel < 6; kernel++) {
 		for (size_t i = 0; i < nv && i < MAX_VARIANTS; i++) {
 			r.k = v[i];
 			r.kernel = kernel;
