@@ -14,6 +14,7 @@
 #include <immintrin.h>
 
 #include "quant/dequant_template.h" /* the shared part */
+#include "quant/round_simd.h"
 
 #define DQ_ATTR __attribute__((target("avx2,f16c")))
 
@@ -53,29 +54,15 @@ DQ_ATTR static inline dq_vf dq_muladd(dq_vf q, dq_vf s, dq_vf b)
 	return _mm256_add_ps(_mm256_mul_ps(q, s), b);
 }
 
-DQ_ATTR static inline dq_vf dq_canon_nan(dq_vf x)
-{
-	__m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
-
-	return _mm256_blendv_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000)), nan);
-}
 
 DQ_ATTR static inline void dq_store_bf16(uint8_t *out, dq_vf x)
 {
-	__m256i u = _mm256_castps_si256(dq_canon_nan(x));
-	__m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-
-	u = _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
-	u = _mm256_srli_epi32(u, 16); /* 0..0xffff: packus is exact */
-	__m128i h = _mm_packus_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
-
-	_mm_storeu_si128((__m128i *)(void *)out, h);
+	shadow__store_bf16_256(out, x);
 }
 
 DQ_ATTR static inline void dq_store_fp16(uint8_t *out, dq_vf x)
 {
-	_mm_storeu_si128((__m128i *)(void *)out,
-			 _mm256_cvtps_ph(dq_canon_nan(x), _MM_FROUND_TO_NEAREST_INT));
+	shadow__store_fp16_256(out, x);
 }
 
 /* ---- merge_planes: 16 elements per step ---- */

@@ -12,6 +12,7 @@
 #include <arm_neon.h>
 
 #include "quant/dequant_template.h" /* the shared part */
+#include "quant/round_simd.h"
 
 #define DQ_ATTR
 
@@ -67,33 +68,18 @@ static inline dq_vf dq_muladd(dq_vf q, dq_vf s, dq_vf b)
 	return r;
 }
 
-static inline float32x4_t dq_canon_nan(float32x4_t x)
-{
-	uint32x4_t ok = vceqq_f32(x, x); /* false only for NaN */
 
-	return vbslq_f32(ok, x, vreinterpretq_f32_u32(vdupq_n_u32(0x7fc00000u)));
-}
-
-static inline uint16x4_t dq_bf16x4(float32x4_t x)
-{
-	uint32x4_t u = vreinterpretq_u32_f32(dq_canon_nan(x));
-	uint32x4_t lsb = vandq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(1));
-
-	u = vaddq_u32(u, vaddq_u32(lsb, vdupq_n_u32(0x7fff)));
-	return vshrn_n_u32(u, 16);
-}
 
 static inline void dq_store_bf16(uint8_t *out, dq_vf x)
 {
-	uint16x8_t h = vcombine_u16(dq_bf16x4(x.val[0]), dq_bf16x4(x.val[1]));
+	uint16x8_t h = vcombine_u16(shadow__bf16x4(x.val[0]), shadow__bf16x4(x.val[1]));
 
 	vst1q_u8(out, vreinterpretq_u8_u16(h));
 }
 
 static inline void dq_store_fp16(uint8_t *out, dq_vf x)
 {
-	uint16x8_t h = vcombine_u16(vreinterpret_u16_f16(vcvt_f16_f32(dq_canon_nan(x.val[0]))),
-				    vreinterpret_u16_f16(vcvt_f16_f32(dq_canon_nan(x.val[1]))));
+	uint16x8_t h = vcombine_u16(shadow__fp16x4(x.val[0]), shadow__fp16x4(x.val[1]));
 
 	vst1q_u8(out, vreinterpretq_u8_u16(h));
 }

@@ -21,6 +21,7 @@
 
 #include "core/cpu.h"
 #include "core/log.h"
+#include "quant/round_simd.h"
 #include "quant/pca_kernels_template.h" /* the shared part */
 
 extern const struct shadow__pca_kernel shadow__pca_kernel_scalar SHADOW_INTERNAL;
@@ -94,36 +95,15 @@ PK_ATTR static inline pk_vf_avx2 pk_fma_avx2(pk_vf_avx2 b, pk_vf_avx2 c, pk_vf_a
 	return _mm256_fmadd_ps(b, c, acc);
 }
 
-PK_ATTR static inline pk_vf_avx2 pk_canon_nan_avx2(pk_vf_avx2 x)
-{
-	__m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
 
-	return _mm256_blendv_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000)), nan);
-}
 
-PK_ATTR static inline void pk_store_bf16_avx2(uint8_t *out, pk_vf_avx2 x)
-{
-	__m256i u = _mm256_castps_si256(pk_canon_nan_avx2(x));
-	__m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-
-	u = _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
-	u = _mm256_srli_epi32(u, 16); /* 0..0xffff: packus is exact */
-	_mm_storeu_si128((__m128i *)(void *)out,
-			 _mm_packus_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1)));
-}
-
-PK_ATTR static inline void pk_store_fp16_avx2(uint8_t *out, pk_vf_avx2 x)
-{
-	_mm_storeu_si128((__m128i *)(void *)out,
-			 _mm256_cvtps_ph(pk_canon_nan_avx2(x), _MM_FROUND_TO_NEAREST_INT));
-}
 
 #define pk_vf pk_vf_avx2
 #define pk_load pk_load_avx2
 #define pk_splat pk_splat_avx2
 #define pk_fma pk_fma_avx2
-#define pk_store_bf16 pk_store_bf16_avx2
-#define pk_store_fp16 pk_store_fp16_avx2
+#define pk_store_bf16 shadow__store_bf16_256
+#define pk_store_fp16 shadow__store_fp16_256
 #define pk_store_f32(out, x) _mm256_storeu_ps((float *)(void *)(out), (x))
 #define PK_SUFFIX avx2
 #define PK_ISA "avx2"
@@ -150,35 +130,15 @@ PK_ATTR static inline pk_vf_avx512 pk_fma_avx512(pk_vf_avx512 b, pk_vf_avx512 c,
 	return _mm512_fmadd_ps(b, c, acc);
 }
 
-PK_ATTR static inline pk_vf_avx512 pk_canon_nan_avx512(pk_vf_avx512 x)
-{
-	__mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
 
-	return _mm512_mask_mov_ps(x, nan, _mm512_castsi512_ps(_mm512_set1_epi32(0x7fc00000)));
-}
 
-PK_ATTR static inline void pk_store_bf16_avx512(uint8_t *out, pk_vf_avx512 x)
-{
-	__m512i u = _mm512_castps_si512(pk_canon_nan_avx512(x));
-	__m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-
-	u = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
-	_mm256_storeu_si256((__m256i *)(void *)out,
-			    _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));
-}
-
-PK_ATTR static inline void pk_store_fp16_avx512(uint8_t *out, pk_vf_avx512 x)
-{
-	_mm256_storeu_si256((__m256i *)(void *)out,
-			    _mm512_cvtps_ph(pk_canon_nan_avx512(x), _MM_FROUND_TO_NEAREST_INT));
-}
 
 #define pk_vf pk_vf_avx512
 #define pk_load pk_load_avx512
 #define pk_splat pk_splat_avx512
 #define pk_fma pk_fma_avx512
-#define pk_store_bf16 pk_store_bf16_avx512
-#define pk_store_fp16 pk_store_fp16_avx512
+#define pk_store_bf16 shadow__store_bf16_512
+#define pk_store_fp16 shadow__store_fp16_512
 #define pk_store_f32(out, x) _mm512_storeu_ps((float *)(void *)(out), (x))
 #define PK_SUFFIX avx512
 #define PK_ISA "avx512"
@@ -211,33 +171,15 @@ static inline pk_vf_neon pk_fma_neon(pk_vf_neon b, pk_vf_neon c, pk_vf_neon acc)
 	return vfmaq_f32(acc, b, c); /* acc + b * c, one rounding */
 }
 
-static inline pk_vf_neon pk_canon_nan_neon(pk_vf_neon x)
-{
-	uint32x4_t ok = vceqq_f32(x, x); /* false only for NaN */
 
-	return vbslq_f32(ok, x, vreinterpretq_f32_u32(vdupq_n_u32(0x7fc00000u)));
-}
 
-static inline void pk_store_bf16_neon(uint8_t *out, pk_vf_neon x)
-{
-	uint32x4_t u = vreinterpretq_u32_f32(pk_canon_nan_neon(x));
-	uint32x4_t lsb = vandq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(1));
-
-	u = vaddq_u32(u, vaddq_u32(lsb, vdupq_n_u32(0x7fff)));
-	vst1_u8(out, vreinterpret_u8_u16(vshrn_n_u32(u, 16)));
-}
-
-static inline void pk_store_fp16_neon(uint8_t *out, pk_vf_neon x)
-{
-	vst1_u8(out, vreinterpret_u8_f16(vcvt_f16_f32(pk_canon_nan_neon(x))));
-}
 
 #define pk_vf pk_vf_neon
 #define pk_load pk_load_neon
 #define pk_splat pk_splat_neon
 #define pk_fma pk_fma_neon
-#define pk_store_bf16 pk_store_bf16_neon
-#define pk_store_fp16 pk_store_fp16_neon
+#define pk_store_bf16(out, x) vst1_u8((out), vreinterpret_u8_u16(shadow__bf16x4(x)))
+#define pk_store_fp16(out, x) vst1_u8((out), vreinterpret_u8_u16(shadow__fp16x4(x)))
 #define pk_store_f32(out, x) vst1q_f32((float *)(void *)(out), (x))
 #define PK_SUFFIX neon
 #define PK_ISA "neon"
