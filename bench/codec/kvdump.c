@@ -20,6 +20,7 @@
 
 #include "bench_util.h"
 #include "kvdump.h"
+#include "core/endian.h"
 #include "quant/quant.h" /* bf16 conversions */
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -35,10 +36,6 @@
 
 static const uint8_t xz_magic[6] = { 0xfd, '7', 'z', 'X', 'Z', 0x00 };
 
-static uint32_t get_le32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
 
 static char *xstrdup(const char *s)
 {
@@ -79,11 +76,11 @@ static int kvd_parse_header(const char *prog, const char *path, const uint8_t *h
 		fprintf(stderr, "%s: %s: not a KVD1 dump (bad magic)\n", prog, path);
 		return SHADOW_ECORRUPT;
 	}
-	n_layers = get_le32(h + 4);
-	n_kv_heads = get_le32(h + 8);
-	head_dim = get_le32(h + 12);
-	n_tokens = get_le32(h + 16);
-	dtype = get_le32(h + 20);
+	n_layers = shadow__load_le32(h + 4);
+	n_kv_heads = shadow__load_le32(h + 8);
+	head_dim = shadow__load_le32(h + 12);
+	n_tokens = shadow__load_le32(h + 16);
+	dtype = shadow__load_le32(h + 20);
 	if (n_layers < 1 || n_layers > SHADOW_MAX_LAYERS) {
 		fprintf(stderr, "%s: %s: n_layers %u out of range 1..%u\n", prog, path, n_layers,
 			SHADOW_MAX_LAYERS);
@@ -292,12 +289,12 @@ static int qtl_load(const char *prog, struct bench_kv *kv)
 		err = SHADOW_ETRUNCATED;
 		goto out_close;
 	}
-	n_layers = get_le32(h + 4);
-	q_heads = get_le32(h + 8);
-	head_dim = get_le32(h + 12);
-	n_q = get_le32(h + 16);
-	q_start = get_le32(h + 20);
-	dtype = get_le32(h + 24);
+	n_layers = shadow__load_le32(h + 4);
+	q_heads = shadow__load_le32(h + 8);
+	head_dim = shadow__load_le32(h + 12);
+	n_q = shadow__load_le32(h + 16);
+	q_start = shadow__load_le32(h + 20);
+	dtype = shadow__load_le32(h + 24);
 	err = SHADOW_ECORRUPT;
 	if (memcmp(h, "QTL1", 4) != 0) {
 		fprintf(stderr, "%s: %s: not a QTL1 query file (bad magic)\n", prog, kv->q_path);

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "core/common.h"
+#include "core/endian.h"
 
 #define SHADOW_CHUNK_MAGIC 0x434b4853u /* "SHKC" */
 #define SHADOW_CHUNK_VERSION 1u
@@ -62,39 +63,6 @@ struct shadow__frame_entry {
 	uint16_t group_channels; /* uniform, ecsq: channels per scale group; else 0 */
 	uint64_t raw_checksum;
 };
-
-static inline uint16_t shadow__load_le16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] | p[1] << 8);
-}
-
-static inline uint32_t shadow__load_le32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static inline uint64_t shadow__load_le64(const uint8_t *p)
-{
-	return (uint64_t)shadow__load_le32(p) | (uint64_t)shadow__load_le32(p + 4) << 32;
-}
-
-static inline void shadow__store_le16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
-
-static inline void shadow__store_le32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static inline void shadow__store_le64(uint8_t *p, uint64_t v)
-{
-	shadow__store_le32(p, (uint32_t)v);
-	shadow__store_le32(p + 4, (uint32_t)(v >> 32));
-}
 
 /*
  * The sizes a frame must have: the one rule both the encoder and the parser follow. For a

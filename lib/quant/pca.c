@@ -40,6 +40,7 @@
 #include <xxhash.h>
 
 #include "core/alloc.h"
+#include "core/endian.h"
 #include "core/log.h"
 #include "quant/pca.h"
 
@@ -169,50 +170,17 @@ static int transform_alloc(uint32_t n_layers, uint32_t n_kv_heads, uint32_t head
 
 /* ---- little-endian fields ---- */
 
-static void put_u16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
-
-static void put_u32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put_u64(uint8_t *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint16_t get_u16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] | p[1] << 8);
-}
-
-static uint32_t get_u32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t get_u64(const uint8_t *p)
-{
-	return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
-}
-
 static void put_f32(uint8_t *p, float f)
 {
 	uint32_t u;
 
 	memcpy(&u, &f, sizeof(u));
-	put_u32(p, u);
+	shadow__store_le32(p, u);
 }
 
 static float get_f32(const uint8_t *p)
 {
-	uint32_t u = get_u32(p);
+	uint32_t u = shadow__load_le32(p);
 	float f;
 
 	memcpy(&f, &u, sizeof(f));
@@ -222,12 +190,12 @@ static float get_f32(const uint8_t *p)
 static void write_header(const struct shadow_transform *t, uint8_t *h)
 {
 	memcpy(h, TF_MAGIC, 4);
-	put_u16(h + 4, TF_VERSION);
-	put_u16(h + 6, TF_HEADER_NBYTES);
-	put_u32(h + 8, t->n_layers);
-	put_u32(h + 12, t->n_kv_heads);
-	put_u32(h + 16, t->head_dim);
-	put_u32(h + 20, t->rope);
+	shadow__store_le16(h + 4, TF_VERSION);
+	shadow__store_le16(h + 6, TF_HEADER_NBYTES);
+	shadow__store_le32(h + 8, t->n_layers);
+	shadow__store_le32(h + 12, t->n_kv_heads);
+	shadow__store_le32(h + 16, t->head_dim);
+	shadow__store_le32(h + 20, t->rope);
 }
 
 /*
@@ -307,7 +275,7 @@ int shadow_transform_save(const struct shadow_transform *t, void *buf, size_t ca
 	c.p = (uint8_t *)buf + TF_HEADER_NBYTES;
 	for_each_body_piece(t, copy_piece, &c);
 	SHADOW_ASSERT(XXH3_64bits(buf, (size_t)need - TF_CHECKSUM_NBYTES) == t->id);
-	put_u64(c.p, t->id);
+	shadow__store_le64(c.p, t->id);
 	return 0;
 }
 
@@ -332,16 +300,16 @@ int shadow_transform_load(const void *buf, size_t nbytes, const struct shadow_kv
 			return SHADOW_ECORRUPT;
 	if (nbytes < 6)
 		return SHADOW_ETRUNCATED;
-	if (get_u16(b + 4) != TF_VERSION)
+	if (shadow__load_le16(b + 4) != TF_VERSION)
 		return SHADOW_EVERSION;
 	if (nbytes < TF_HEADER_NBYTES)
 		return SHADOW_ETRUNCATED;
-	if (get_u16(b + 6) != TF_HEADER_NBYTES)
+	if (shadow__load_le16(b + 6) != TF_HEADER_NBYTES)
 		return SHADOW_ECORRUPT;
-	n_layers = get_u32(b + 8);
-	n_kv_heads = get_u32(b + 12);
-	head_dim = get_u32(b + 16);
-	rope = get_u32(b + 20);
+	n_layers = shadow__load_le32(b + 8);
+	n_kv_heads = shadow__load_le32(b + 12);
+	head_dim = shadow__load_le32(b + 16);
+	rope = shadow__load_le32(b + 20);
 	if (!shape_ok(n_layers, n_kv_heads, head_dim))
 		return SHADOW_ECORRUPT;
 	if (rope > SHADOW_ROPE_HALF || (rope == SHADOW_ROPE_HALF && head_dim % 2u != 0))
@@ -352,7 +320,7 @@ int shadow_transform_load(const void *buf, size_t nbytes, const struct shadow_kv
 	if (nbytes > total)
 		return SHADOW_ECORRUPT;
 	id = XXH3_64bits(b, nbytes - TF_CHECKSUM_NBYTES);
-	if (id != get_u64(b + nbytes - TF_CHECKSUM_NBYTES))
+	if (id != shadow__load_le64(b + nbytes - TF_CHECKSUM_NBYTES))
 		return SHADOW_ECORRUPT;
 	if (geom != NULL && (geom->n_layers != n_layers || geom->n_kv_heads != n_kv_heads ||
 			     geom->head_dim != head_dim))
