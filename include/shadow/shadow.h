@@ -4,8 +4,8 @@
  * ShadowServe fetches compressed KV-cache chunks of shared prompt prefixes from a store,
  * decodes them off the serving engine's GPU and CPU, and copies them into the engine's paged
  * KV memory. This header is the contract for everything the library exports: KV geometry and
- * paged layouts, chunk keys, the chunk container and its codecs, status codes and logging.
- * (The store and pipeline sections arrive with their subsystems.)
+ * paged layouts, chunk keys, the chunk container and its codecs, stores, status codes and
+ * logging. (The pipeline section arrives with its subsystem.)
  *
  * Conventions, for every function below unless it says otherwise:
  *  - Functions that can fail return 0 on success or a negative status code: either -errno
@@ -22,6 +22,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h> /* struct iovec */
 
 #ifdef __cplusplus
 extern "C" {
@@ -62,7 +63,8 @@ enum shadow_status {
 	SHADOW_EUNSUPPORTED = -10010, /* well-formed, but not supported by this build */
 	SHADOW_ELIMIT = -10011,       /* a configured limit would be exceeded */
 	SHADOW_ECODEC = -10012,       /* a compression library failed (the log says which) */
-	SHADOW_EUNKNOWN_NAME = -10013 /* a name (preset, scheme, URL scheme) is not known */
+	SHADOW_EUNKNOWN_NAME = -10013, /* a name (preset, scheme, URL scheme) is not known */
+	SHADOW_ESERVER = -10014       /* a server answered with an error (the log says which) */
 };
 
 /*
@@ -647,6 +649,218 @@ SHADOW_API int shadow_chunk_decode_frame(struct shadow_codec *codec,
  * inspect. Parses it first (any key); returns the text length or a parse error.
  */
 SHADOW_API int shadow_chunk_describe(const void *buf, size_t nbytes, char *out, size_t out_nbytes);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Stores                                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+/* CLOCK_MONOTONIC in nanoseconds: the clock of every deadline below. Thread-safe. */
+SHADOW_API uint64_t shadow_now_ns(void);
+
+/*
+ * A store maps keys (byte strings without NUL, normally shadow_key_format()'s) to opaque
+ * values (chunk containers). The URL's scheme picks the backend (docs/stores.md):
+ *
+ *   mem://[NAME][?capacity=SIZE]          in-process LRU, bounded (default 1GiB); handles
+ *                                         opened with the same NAME in one process share it
+ *   file:///PATH[?capacity=SIZE]          a persistent directory store, bounded (default
+ *                                         64GiB); one process at a time per directory
+ *   redis://[[USER]:PASSWORD@]HOST:PORT[/DB][?connections=N&ttl=S]
+ *   redis+cluster://HOST:PORT[,HOST:PORT...][?connections=N&ttl=S]
+ *
+ * SIZE is a number with an optional suffix B, KiB, MiB, GiB, TiB (or K, M, G, T; all binary).
+ * A password in the URL may be replaced by the environment variable SHADOW_REDIS_PASSWORD.
+ *
+ * Requests are asynchronous. The caller owns a struct shadow_store_req, fills in its input
+ * fields and submits it; shadow_store_poll() does the I/O and calls the request's callbacks;
+ * on_done() is called exactly once per submitted request, always from shadow_store_poll() (or
+ * shadow_store_close()), never from inside shadow_store_submit(). Until on_done() returns, the
+ * request, its keys and its buffers belong to the store: do not change or free them. After it
+ * returns the store never touches them again, even when a late reply arrives for a request
+ * that timed out (the reply is read and thrown away).
+ *
+ * A GET streams the value into the caller's iovec in order and calls on_data() as bytes land,
+ * so a consumer can start on the first bytes of a value before the last have arrived: once
+ * on_data() reported landed_nbytes, bytes [0, landed_nbytes) of the value are in place and
+ * never written again. Bytes beyond may be partly written at any time. on_data() is not
+ * called for an empty value; a backend that verifies values (file://) reports the last bytes
+ * only once the check passed. The final status is what counts: bytes reported landed by a
+ * request that then fails are not to be used. A value larger than the iovec fails with
+ * SHADOW_ELIMIT (value_nbytes tells the size; nothing is written).
+ *
+ * Threads: a handle is used by one thread at a time (submit, poll, cancel, stats, close); use
+ * one handle per thread to go parallel (each has its own connections). Callbacks run on the
+ * polling thread; they may submit and cancel requests on the same handle but must not poll or
+ * close it. Different handles are independent, except that mem:// handles of one NAME, and
+ * file:// handles of one directory, share their data (thread-safe, see docs/threads.md).
+ */
+struct shadow_store;
+
+#define SHADOW_STORE_KEY_NBYTES_MAX 512u  /* longest key */
+#define SHADOW_STORE_IOV_MAX 64u          /* most iovec entries in one request */
+#define SHADOW_STORE_EXISTS_MAX 1024u     /* most keys in one EXISTS */
+#define SHADOW_STORE_PENDING 1            /* req->status while the request is in flight */
+
+enum shadow_store_op {
+	SHADOW_STORE_GET = 1,    /* value of `key` into iov */
+	SHADOW_STORE_PUT = 2,    /* iov (the value) under `key`, replacing any older value */
+	SHADOW_STORE_DELETE = 3, /* remove `key`; n_found = 1 if it existed, else 0 */
+	SHADOW_STORE_EXISTS = 4  /* n_found = how many of keys[0..] exist before the first that
+				    does not (prefix semantics) */
+};
+
+struct shadow_store_req;
+
+/* GET progress: bytes [0, landed_nbytes) of a value of value_nbytes are in place. */
+typedef void (*shadow_store_data_fn)(struct shadow_store_req *req, uint64_t value_nbytes,
+				     uint64_t landed_nbytes);
+/* Completion; req->status holds the result. */
+typedef void (*shadow_store_done_fn)(struct shadow_store_req *req);
+
+struct shadow_store_req {
+	/* Input, set by the caller before submitting. */
+	uint32_t op;                /* enum shadow_store_op */
+	uint32_t n_keys;            /* EXISTS: 1 .. SHADOW_STORE_EXISTS_MAX keys in `keys` */
+	const char *key;            /* GET, PUT, DELETE: 1 .. SHADOW_STORE_KEY_NBYTES_MAX bytes */
+	const char *const *keys;    /* EXISTS */
+	const struct iovec *iov;    /* GET: the destination; PUT: the value (iov_len 0 allowed) */
+	uint32_t iov_count;         /* 0 .. SHADOW_STORE_IOV_MAX */
+	uint32_t ttl_s;             /* PUT: expiry in seconds where the backend has one; 0: the
+				       handle's default (options or URL), which may be none */
+	uint64_t deadline_ns;       /* absolute shadow_now_ns() time; 0: request_timeout_ms
+				       from submission */
+	shadow_store_data_fn on_data; /* GET; NULL accepted */
+	shadow_store_done_fn on_done; /* NULL accepted: then poll req->status */
+	void *user;                 /* for the callbacks */
+
+	/*
+	 * Output. status is SHADOW_STORE_PENDING in flight, then 0 or a negative code:
+	 * SHADOW_EMISS (no such key; GET only), SHADOW_ELIMIT (value larger than the iovec or
+	 * than max_value_nbytes, or too large for the store), -ETIMEDOUT (deadline passed),
+	 * -ECANCELED (shadow_store_cancel() or close), -ECONNREFUSED / -ECONNRESET / -EHOSTUNREACH
+	 * (node unreachable or connection lost), -EACCES (authentication failed), SHADOW_EPROTO
+	 * (the server broke RESP, or too many redirects), SHADOW_ESERVER (the server refused:
+	 * WRONGTYPE, OOM, READONLY...), SHADOW_ECORRUPT (file:// entry failed its checksum; it is
+	 * removed), -EIO / -ENOSPC and other -errno from the file system.
+	 */
+	int status;
+	uint32_t n_found;           /* EXISTS, DELETE */
+	uint64_t value_nbytes;      /* GET: the value's length once known */
+	uint64_t landed_nbytes;     /* GET: bytes of the value in place */
+
+	uintptr_t priv[6];          /* private to the store while in flight */
+};
+
+struct shadow_store_options {
+	size_t size;                  /* sizeof(struct shadow_store_options) */
+	uint32_t connections;         /* redis: connections per node, 1 .. 64 (default 2) */
+	uint32_t connect_timeout_ms;  /* redis: TCP connect and handshake (default 1000) */
+	uint32_t request_timeout_ms;  /* deadline of requests that give none (default 5000) */
+	uint32_t max_requests;        /* requests in flight per handle, 1 .. 65536 (default 1024) */
+	uint64_t max_value_nbytes;    /* longest value read or written (default 4 GiB) */
+	uint32_t ttl_s;               /* default expiry of PUTs, 0 = none (redis) */
+	uint32_t reconnect_min_ms;    /* first retry after a failed connect (default 10) */
+	uint32_t reconnect_max_ms;    /* retries back off up to this (default 2000) */
+};
+
+/* Defaults for every field; size is set. */
+SHADOW_API void shadow_store_options_default(struct shadow_store_options *opts_ret);
+
+/*
+ * Open the store at `url` (see above). `opts` may be NULL for the defaults; a caller built
+ * against an older header passes its smaller `size` and gets defaults for the rest. Values in
+ * the URL's query override `opts`. Redis backends connect to every node (the cluster's, after
+ * reading its slot map) before returning and fail if none answers within connect_timeout_ms.
+ * Returns 0; -EINVAL (malformed URL or option), SHADOW_EUNKNOWN_NAME (unknown scheme),
+ * -ECONNREFUSED, -ETIMEDOUT, -EHOSTUNREACH, -EACCES (authentication), SHADOW_ESERVER,
+ * -EBUSY (file:// directory in use by another process), -errno from the file system, -ENOMEM.
+ */
+SHADOW_API int shadow_store_open(const char *url, const struct shadow_store_options *opts,
+				 struct shadow_store **store_ret);
+
+/*
+ * Close: every request still in flight completes with -ECANCELED (on_done is called from
+ * here), connections are closed, memory is freed. NULL is accepted.
+ */
+SHADOW_API void shadow_store_close(struct shadow_store *store);
+
+/*
+ * Submit a request. On success req->status is SHADOW_STORE_PENDING and on_done will be called
+ * from a later shadow_store_poll(). Returns 0; -EINVAL for a malformed request (nothing is
+ * called back), -EBUSY when max_requests are in flight (poll, then retry).
+ */
+SHADOW_API int shadow_store_submit(struct shadow_store *store, struct shadow_store_req *req);
+
+/*
+ * Run I/O and callbacks, waiting up to timeout_ms (0: do not wait; -1: until at least one
+ * request completes or progresses) when nothing is ready. Deadlines are honoured even with
+ * timeout_ms -1: poll returns when the earliest deadline has passed. Returns the number of
+ * requests completed (>= 0), or a negative code for a failure of the handle itself.
+ */
+SHADOW_API int shadow_store_poll(struct shadow_store *store, int timeout_ms);
+
+/* Poll until `req` completes; returns its status. */
+SHADOW_API int shadow_store_wait(struct shadow_store *store, struct shadow_store_req *req);
+
+/*
+ * Cancel a request in flight: it completes with -ECANCELED from the next poll (if it has not
+ * completed already). A GET being streamed stops writing into its iovec at once. Returns 0, or
+ * -ENOENT if `req` is not in flight on this handle (completed, or submitted to another).
+ */
+SHADOW_API int shadow_store_cancel(struct shadow_store *store, struct shadow_store_req *req);
+
+/*
+ * A file descriptor that becomes readable when shadow_store_poll() has work (for an outer
+ * epoll), or -1 for a backend without one (mem://, file://: poll never waits on I/O there).
+ * Valid until close.
+ */
+SHADOW_API int shadow_store_fd(const struct shadow_store *store);
+
+struct shadow_store_stats {
+	size_t size;               /* set by the caller: sizeof(struct shadow_store_stats) */
+	/* Counters of this handle since it was opened. */
+	uint64_t gets;             /* GETs completed */
+	uint64_t hits;             /* GETs that delivered a value */
+	uint64_t misses;           /* GETs of a key not there */
+	uint64_t puts;             /* PUTs completed with success */
+	uint64_t deletes;          /* DELETEs completed */
+	uint64_t exists_keys;      /* keys asked about by EXISTS */
+	uint64_t bytes_in;         /* value bytes delivered into GET buffers */
+	uint64_t bytes_out;        /* value bytes put */
+	uint64_t errors;           /* requests that failed other than by a miss */
+	uint64_t timeouts;         /* ... of which by their deadline */
+	uint64_t cancels;          /* ... of which cancelled */
+	uint64_t oversize;         /* ... of which values too large (SHADOW_ELIMIT) */
+	uint64_t protocol_errors;  /* replies that broke RESP (the connection was reset) */
+	uint64_t server_errors;    /* error replies (SHADOW_ESERVER) */
+	uint64_t connects;         /* connections established (redis) */
+	uint64_t disconnects;      /* connections lost or reset (redis) */
+	uint64_t moved;            /* MOVED redirects followed (redis cluster) */
+	uint64_t asked;            /* ASK redirects followed (redis cluster) */
+	uint64_t corrupt;          /* entries found torn or corrupt and removed (file) */
+	/* State of the store behind the handle (mem:// and file:// only; 0 for redis). */
+	uint64_t evictions;        /* entries evicted for capacity, by any handle */
+	uint64_t items;            /* entries held */
+	uint64_t used_nbytes;      /* bytes held (values and per-entry overhead) */
+	uint64_t capacity_nbytes;  /* the bound */
+	/* Now. */
+	uint32_t in_flight;        /* requests submitted and not yet completed */
+	uint32_t nodes;            /* redis: nodes known; 1 for a single server */
+};
+
+/*
+ * Copy the handle's statistics into *stats_ret; stats_ret->size must be set by the caller
+ * (older callers get the fields their size covers). Returns 0 or -EINVAL (size too small to
+ * hold `size` itself).
+ */
+SHADOW_API int shadow_store_stats(const struct shadow_store *store,
+				  struct shadow_store_stats *stats_ret);
+
+/*
+ * Parse a size such as "8GiB", "512M" or "4096" into bytes. Returns 0 or -EINVAL (not a size,
+ * or above 2^63).
+ */
+SHADOW_API int shadow_parse_size(const char *text, uint64_t *nbytes_ret);
 
 /* ------------------------------------------------------------------------------------------ */
 /* GPU module                                                                                 */

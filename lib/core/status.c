@@ -24,6 +24,7 @@ static const struct {
 	{ SHADOW_ELIMIT, "configured limit exceeded" },
 	{ SHADOW_ECODEC, "compression library failed" },
 	{ SHADOW_EUNKNOWN_NAME, "unknown name" },
+	{ SHADOW_ESERVER, "server answered with an error" },
 };
 
 const char *shadow_version(void)

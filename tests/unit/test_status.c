@@ -18,7 +18,7 @@ static const int all_codes[] = {
 	SHADOW_ECORRUPT, SHADOW_ETRUNCATED, SHADOW_EVERSION, SHADOW_EGEOMETRY,
 	SHADOW_EKEYMISMATCH, SHADOW_EMISS, SHADOW_ENOGPU, SHADOW_ECUDA,
 	SHADOW_EPROTO, SHADOW_EUNSUPPORTED, SHADOW_ELIMIT, SHADOW_ECODEC,
-	SHADOW_EUNKNOWN_NAME,
+	SHADOW_EUNKNOWN_NAME, SHADOW_ESERVER,
 };
 
 static void test_ok(void **state)
@@ -33,7 +33,7 @@ static void test_every_project_code(void **state)
 	size_t n = sizeof(all_codes) / sizeof(all_codes[0]);
 
 	/* The codes are contiguous from -10001, so a new code not in this list shows up here. */
-	assert_int_equal(n, (size_t)(-SHADOW_EUNKNOWN_NAME - 10000));
+	assert_int_equal(n, (size_t)(-SHADOW_ESERVER - 10000));
 	for (size_t i = 0; i < n; i++) {
 		const char *t = shadow_strerror(all_codes[i]);
 
@@ -65,7 +65,7 @@ static void test_errno_passthrough(void **state)
 static void test_unknown_codes(void **state)
 {
 	(void)state;
-	const int unknown[] = { -10000, SHADOW_EUNKNOWN_NAME - 1, -20000, 1, 12345,
+	const int unknown[] = { -10000, SHADOW_ESERVER - 1, -20000, 1, 12345,
 				INT_MAX, INT_MIN, -4095, -4096, -5000 };
 
 	for (size_t i = 0; i < sizeof(unknown) / sizeof(unknown[0]); i++)
