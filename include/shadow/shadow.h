@@ -663,13 +663,16 @@ SHADOW_API uint64_t shadow_now_ns(void);
  *
  *   mem://[NAME][?capacity=SIZE]          in-process LRU, bounded (default 1GiB); handles
  *                                         opened with the same NAME in one process share it
+ *                                         (reopening it with another capacity is -EINVAL)
  *   file:///PATH[?capacity=SIZE]          a persistent directory store, bounded (default
  *                                         64GiB); one process at a time per directory
  *   redis://[[USER]:PASSWORD@]HOST:PORT[/DB][?connections=N&ttl=S]
  *   redis+cluster://HOST:PORT[,HOST:PORT...][?connections=N&ttl=S]
  *
  * SIZE is a number with an optional suffix B, KiB, MiB, GiB, TiB (or K, M, G, T; all binary).
- * A password in the URL may be replaced by the environment variable SHADOW_REDIS_PASSWORD.
+ * Where the URL has no password, the environment variable SHADOW_REDIS_PASSWORD gives it (keeps
+ * it out of process listings). A server that needs a password and gets none, or a wrong one,
+ * fails the open with -EACCES.
  *
  * Requests are asynchronous. The caller owns a struct shadow_store_req, fills in its input
  * fields and submits it; shadow_store_poll() does the I/O and calls the request's callbacks;
@@ -728,7 +731,8 @@ struct shadow_store_req {
 	uint32_t ttl_s;             /* PUT: expiry in seconds where the backend has one; 0: the
 				       handle's default (options or URL), which may be none */
 	uint64_t deadline_ns;       /* absolute shadow_now_ns() time; 0: request_timeout_ms
-				       from submission */
+				       from submission, written back here by submit (reset it
+				       to 0 before resubmitting the request) */
 	shadow_store_data_fn on_data; /* GET; NULL accepted */
 	shadow_store_done_fn on_done; /* NULL accepted: then poll req->status */
 	void *user;                 /* for the callbacks */
@@ -810,9 +814,10 @@ SHADOW_API int shadow_store_wait(struct shadow_store *store, struct shadow_store
 SHADOW_API int shadow_store_cancel(struct shadow_store *store, struct shadow_store_req *req);
 
 /*
- * A file descriptor that becomes readable when shadow_store_poll() has work (for an outer
- * epoll), or -1 for a backend without one (mem://, file://: poll never waits on I/O there).
- * Valid until close.
+ * A file descriptor for an outer event loop: it becomes readable when shadow_store_poll() has
+ * work, I/O or a timer (a request's deadline, a connect timeout) that came due since the last
+ * poll. Poll after it turns readable, and after submitting. -1 for a backend without one
+ * (mem://, file://: their poll does all its work at once and never waits). Valid until close.
  */
 SHADOW_API int shadow_store_fd(const struct shadow_store *store);
 

@@ -571,7 +571,8 @@ static bool load_params(struct shadow_codec *c, uint32_t n_groups, const uint8_t
 		uint16_t b = shadow__load_le16(params + 2 * (n_groups + i));
 		c->scale[i] = shadow__bf16_to_float(s);
 		c->bias[i] = shadow__bf16_to_float(b);
-		tame &= shadow__bf16_tame(s) & shadow__bf16_tame(b);
+		if (!shadow__bf16_tame(s) || !shadow__bf16_tame(b))
+			tame = false;
 	}
 	return tame;
 }

@@ -645,6 +645,37 @@ out_close:
 	return rc;
 }
 
+/* Open directory `path` under dir_fd for reading, without following a final symlink. */
+static int dir_open_at(int dir_fd, const char *path, DIR **d_ret)
+{
+	int fd = openat(dir_fd, path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+	if (fd < 0)
+		return -errno;
+	*d_ret = fdopendir(fd);
+	if (*d_ret == NULL) {
+		int rc = -errno;
+		close(fd);
+		return rc;
+	}
+	return 0;
+}
+
+/* The next entry other than "." and "..": 1 (in *de_ret), 0 at the end, or -errno. */
+static int dir_next(DIR *d, struct dirent **de_ret)
+{
+	for (;;) {
+		errno = 0;
+		struct dirent *de = readdir(d);
+		if (de == NULL)
+			return -errno;
+		if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) {
+			*de_ret = de;
+			return 1;
+		}
+	}
+}
+
 /* Scan one fan-out directory into *items (grown as needed). */
 static int scan_dir(struct file_inst *inst, unsigned xx, struct scan_item **items, size_t *n,
 		    size_t *cap, uint64_t *corrupt)
@@ -652,27 +683,13 @@ static int scan_dir(struct file_inst *inst, unsigned xx, struct scan_item **item
 	char sub[8];
 	struct dirent *de;
 	DIR *d;
-	int fd, rc = 0;
+	int rc;
 
 	snprintf(sub, sizeof(sub), "v1/%02x", xx);
-	fd = openat(inst->dir_fd, sub, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
-		return errno == ENOENT ? 0 : -errno;
-	d = fdopendir(fd);
-	if (d == NULL) {
-		rc = -errno;
-		close(fd);
-		return rc;
-	}
-	for (;;) {
-		errno = 0;
-		de = readdir(d);
-		if (de == NULL) {
-			rc = -errno;
-			break;
-		}
-		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-			continue;
+	rc = dir_open_at(inst->dir_fd, sub, &d);
+	if (rc < 0)
+		return rc == -ENOENT ? 0 : rc;
+	while ((rc = dir_next(d, &de)) == 1) {
 		if (*n == *cap) {
 			size_t nc = *cap ? *cap * 2 : 1024;
 			struct scan_item *p = realloc(*items, nc * sizeof(*p));
@@ -683,11 +700,10 @@ static int scan_dir(struct file_inst *inst, unsigned xx, struct scan_item **item
 			*items = p;
 			*cap = nc;
 		}
-		rc = scan_one(inst, fd, xx, de->d_name, &(*items)[*n], corrupt);
+		rc = scan_one(inst, dirfd(d), xx, de->d_name, &(*items)[*n], corrupt);
 		if (rc < 0)
 			break;
 		*n += (size_t)rc;
-		rc = 0;
 	}
 	closedir(d);
 	return rc;
@@ -740,27 +756,12 @@ static int inst_empty_tmp(struct file_inst *inst)
 {
 	struct dirent *de;
 	DIR *d;
-	int fd, rc = 0;
+	int rc = dir_open_at(inst->dir_fd, "tmp", &d);
 
-	fd = openat(inst->dir_fd, "tmp", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	d = fdopendir(fd);
-	if (d == NULL) {
-		rc = -errno;
-		close(fd);
+	if (rc < 0)
 		return rc;
-	}
-	for (;;) {
-		errno = 0;
-		de = readdir(d);
-		if (de == NULL) {
-			rc = -errno;
-			break;
-		}
-		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-			continue;
-		int err = unlink_at(fd, de->d_name);
+	while ((rc = dir_next(d, &de)) == 1) {
+		int err = unlink_at(dirfd(d), de->d_name);
 		if (err < 0)
 			SHADOW_LOGW("file store %s: removing tmp/%s: %s", inst->dir, de->d_name,
 				    shadow_strerror(err));

@@ -63,6 +63,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -114,6 +115,7 @@ struct rcmd {
 	uint32_t hdr_nbytes;
 	uint32_t trl_nbytes;
 	uint64_t total_nbytes;        /* header + value + trailer */
+	uint64_t zombie_ns;           /* when its request completed without it */
 	char trl[TRL_MAX];
 	char hdr[HDR_MAX];
 };
@@ -165,6 +167,8 @@ struct redis_store {
 	struct shadow_store base;
 	bool cluster;
 	int epfd;
+	int timerfd;                  /* in epfd (data.ptr NULL): the next timer, for outer loops */
+	uint64_t timer_armed_ns;      /* what timerfd is set to; UINT64_MAX: disarmed */
 	uint32_t db;
 	uint32_t ttl_s;
 	uint32_t n_conns;             /* per node */
@@ -232,6 +236,33 @@ static struct redis_store *rs_of(struct shadow_store *s)
 }
 
 static void conn_fail(struct redis_store *rs, struct rconn *c, int err);
+
+/*
+ * Set the timer fd to fire at `when` (CLOCK_MONOTONIC ns; UINT64_MAX disarms), so that the fd
+ * shadow_store_fd() returns turns readable when a deadline passes even if no byte arrives.
+ * One syscall only when the time changes.
+ */
+static void timer_arm(struct redis_store *rs, uint64_t when)
+{
+	struct itimerspec its = { 0 };
+
+	if (when == rs->timer_armed_ns || rs->timerfd < 0)
+		return;
+	if (when != UINT64_MAX) {
+		when = SHADOW_MAX(when, 1); /* 0 would disarm */
+		its.it_value.tv_sec = (time_t)(when / SHADOW_NS_PER_SEC);
+		its.it_value.tv_nsec = (long)(when % SHADOW_NS_PER_SEC);
+	}
+	if (timerfd_settime(rs->timerfd, TFD_TIMER_ABSTIME, &its, NULL) == 0)
+		rs->timer_armed_ns = when;
+}
+
+/* Arm the timer for `when` if that comes before what it is set to. */
+static void timer_arm_before(struct redis_store *rs, uint64_t when)
+{
+	if (when < rs->timer_armed_ns)
+		timer_arm(rs, when);
+}
 
 /* ------------------------------------------------------------------------------------------ */
 /* Requests and commands                                                                      */
@@ -301,6 +332,7 @@ static void cmd_zombify(struct redis_store *rs, struct rcmd *cmd)
 
 	cmd->req = NULL;
 	cmd->zombie = true;
+	cmd->zombie_ns = shadow__now_ns();
 	if (c == NULL) {
 		cmd_free(rs, cmd);
 		return;
@@ -616,6 +648,7 @@ static int conn_connect(struct redis_store *rs, struct rconn *c)
 	c->up = false;
 	c->connect_deadline_ns = shadow__deadline_ns(
 		shadow__now_ns(), (uint64_t)rs->base.opts.connect_timeout_ms * SHADOW_NS_PER_MS);
+	timer_arm_before(rs, c->connect_deadline_ns);
 	c->last_rx_ns = shadow__now_ns();
 	rc = conn_epoll(rs, c, EPOLL_CTL_ADD, true);
 	if (rc < 0) {
@@ -1469,6 +1502,10 @@ static void conn_event(struct redis_store *rs, struct rconn *c, uint32_t events)
 			SHADOW_LOG_RATELIMITED(SHADOW_LOG_ERROR,
 					       "redis %s:%u: reply breaks the protocol; reconnecting",
 					       c->node->host, c->node->port);
+			/* The request whose reply broke says so; the others lost their
+			 * connection. */
+			if (c->head != NULL && c->head->req != NULL)
+				req_cmd_done(rs, c->head, SHADOW_EPROTO);
 		}
 		conn_fail(rs, c, rc == SHADOW_EPROTO || rc == SHADOW_ELIMIT ? -ECONNRESET : rc);
 	}
@@ -1494,7 +1531,9 @@ static uint64_t run_timers(struct redis_store *rs, uint64_t now)
 	}
 	next = rs->next_req_deadline_ns;
 
-	uint64_t stall_ns = (uint64_t)rs->base.opts.request_timeout_ms * SHADOW_NS_PER_MS;
+	/* Twice the default request timeout: requests queued behind a zombie meet their own
+	 * deadlines first, the reset only frees the connection for what comes after. */
+	uint64_t stall_ns = 2 * (uint64_t)rs->base.opts.request_timeout_ms * SHADOW_NS_PER_MS;
 	for (uint32_t i = 0; i < rs->n_nodes; i++) {
 		struct rnode *n = rs->nodes[i];
 		for (uint32_t j = 0; j < rs->n_conns; j++) {
@@ -1520,13 +1559,24 @@ static uint64_t run_timers(struct redis_store *rs, uint64_t now)
 				}
 				next = SHADOW_MIN(next, c->connect_deadline_ns);
 			}
-			/* A server that stopped answering: only zombies wait at the head. */
+			/*
+			 * A server that stopped answering: a zombie waits at the head and nothing
+			 * came for 2 x request_timeout_ms since its request gave up. The
+			 * connection is reset (a reconnect may find the server recovered), and
+			 * what is still queued behind the zombie fails as on any lost connection.
+			 */
 			if (c->head != NULL && c->head->zombie) {
-				uint64_t stall = shadow__deadline_ns(c->last_rx_ns, stall_ns);
-				if (now >= stall)
-					conn_fail(rs, c, -ETIMEDOUT);
-				else
+				uint64_t since = SHADOW_MAX(c->last_rx_ns, c->head->zombie_ns);
+				uint64_t stall = shadow__deadline_ns(since, stall_ns);
+				if (now >= stall) {
+					SHADOW_LOG_RATELIMITED(SHADOW_LOG_WARN,
+							       "redis %s:%u: no reply for %u ms; "
+							       "reconnecting", n->host, n->port,
+							       2 * rs->base.opts.request_timeout_ms);
+					conn_fail(rs, c, -ECONNRESET);
+				} else {
 					next = SHADOW_MIN(next, stall);
+				}
 			}
 		}
 	}
@@ -1547,6 +1597,7 @@ static int poll_round(struct redis_store *rs, uint64_t until)
 	uint64_t next = run_timers(rs, now);
 	int ms = 0;
 
+	timer_arm(rs, next);
 	flush_dirty(rs);
 	if (!rs->progressed && rs->base.done_head == NULL) {
 		uint64_t wake = SHADOW_MIN(until, next);
@@ -1561,6 +1612,13 @@ static int poll_round(struct redis_store *rs, uint64_t until)
 		return errno == EINTR ? 0 : -errno;
 	for (int i = 0; i < n; i++) {
 		struct rconn *c = ev[i].data.ptr;
+		if (c == NULL) { /* the timer: clear it; run_timers acts next round */
+			uint64_t ticks;
+			if (read(rs->timerfd, &ticks, sizeof(ticks)) < 0 && errno != EAGAIN)
+				return -errno;
+			rs->timer_armed_ns = UINT64_MAX;
+			continue;
+		}
 		if (c->fd >= 0)
 			conn_event(rs, c, ev[i].events);
 	}
@@ -1610,6 +1668,7 @@ static int redis_submit(struct shadow_store *s, struct shadow_store_req *req)
 		req_set_prev(rs->reqs, req);
 	rs->reqs = req;
 	rs->next_req_deadline_ns = SHADOW_MIN(rs->next_req_deadline_ns, req->deadline_ns);
+	timer_arm_before(rs, req->deadline_ns);
 
 	struct rcmd *last = NULL;
 	for (uint32_t i = 0; i < n_cmds; i++) {
@@ -1774,6 +1833,8 @@ static int redis_open_common(const struct shadow__url *url, const struct shadow_
 	rs->base.opts = *opts; /* the front end sets it again after open */
 	rs->cluster = cluster;
 	rs->epfd = -1;
+	rs->timerfd = -1;
+	rs->timer_armed_ns = UINT64_MAX;
 	rs->n_conns = opts->connections;
 	rs->ttl_s = opts->ttl_s;
 	rs->next_req_deadline_ns = UINT64_MAX;
@@ -1821,6 +1882,12 @@ static int redis_open_common(const struct shadow__url *url, const struct shadow_
 	rs->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (rs->cmd_mem == NULL || rs->epfd < 0) {
 		rc = rs->epfd < 0 ? -errno : -ENOMEM;
+		goto fail;
+	}
+	rs->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	struct epoll_event tev = { .events = EPOLLIN, .data.ptr = NULL };
+	if (rs->timerfd < 0 || epoll_ctl(rs->epfd, EPOLL_CTL_ADD, rs->timerfd, &tev) < 0) {
+		rc = -errno;
 		goto fail;
 	}
 	for (uint32_t i = 0; i < max_cmds; i++)
@@ -1905,6 +1972,8 @@ static void redis_destroy(struct shadow_store *s)
 	free(rs->nodes);
 	free(rs->slots);
 	free(rs->cmd_mem);
+	if (rs->timerfd >= 0)
+		close(rs->timerfd);
 	if (rs->epfd >= 0)
 		close(rs->epfd);
 	explicit_bzero(rs->password, sizeof(rs->password));

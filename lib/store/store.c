@@ -380,6 +380,10 @@ static int store_drain_done(struct shadow_store *store)
 		if (store->done_head == NULL)
 			store->done_tail = NULL;
 		req->priv[0] = 0;
+		/* The status becomes visible only now, with on_done: a request completed inside
+		 * submit (a node known to be down) still reads PENDING until the next poll. */
+		req->status = (int)(intptr_t)req->priv[1];
+		req->priv[1] = 0;
 		n++;
 		if (req->on_done != NULL)
 			req->on_done(req); /* may submit: new completions only come from ops->poll */
@@ -488,7 +492,6 @@ void shadow__store_complete(struct shadow_store *store, struct shadow_store_req 
 	SHADOW_ASSERT(req->status == SHADOW_STORE_PENDING);
 	SHADOW_ASSERT(status <= 0);
 	SHADOW_ASSERT(store->in_flight > 0);
-	req->status = status;
 	store->in_flight--;
 	switch (req->op) {
 	case SHADOW_STORE_GET:
@@ -522,7 +525,9 @@ void shadow__store_complete(struct shadow_store *store, struct shadow_store_req 
 		s->oversize += status == SHADOW_ELIMIT;
 		s->server_errors += status == SHADOW_ESERVER;
 	}
+	/* The backend is done with priv[1..5]; the status waits in priv[1] for the drain. */
 	req->priv[0] = 0;
+	req->priv[1] = (uintptr_t)(intptr_t)status;
 	if (store->done_tail != NULL)
 		store->done_tail->priv[0] = (uintptr_t)req;
 	else
@@ -604,6 +609,8 @@ void shadow__iov_copy_in(const struct iovec *iov, uint32_t n, uint64_t off, cons
 	}
 	for (; i < n && nbytes > 0; i++) {
 		uint64_t take = SHADOW_MIN(nbytes, iov[i].iov_len - off);
+		if (take == 0)
+			continue; /* an empty entry may have a NULL base */
 		memcpy((uint8_t *)iov[i].iov_base + off, s, take);
 		s += take;
 		nbytes -= take;

@@ -20,7 +20,8 @@
  * a backend must re-check the request it is streaming after every on_data.
  *
  * req->priv[0] is the front end's (the owning handle while in flight, then the done-list
- * link); priv[1..5] are the backend's.
+ * link); priv[1..5] are the backend's until it completes the request, after which priv[1]
+ * holds the status until on_done (req->status reads PENDING until then).
  * Threads: everything here runs on the handle's one thread at a time (shadow.h).
  */
 #ifndef SHADOW_STORE_STORE_H
@@ -112,8 +113,9 @@ extern const struct shadow__store_ops shadow__store_redis_ops SHADOW_INTERNAL;
 extern const struct shadow__store_ops shadow__store_redis_cluster_ops SHADOW_INTERNAL;
 
 /*
- * A backend has finished `req` with `status` (0 or negative). Sets the status, counts it, and
- * queues on_done for the end of the current poll. Must be called exactly once per request.
+ * A backend has finished `req` with `status` (0 or negative): counts it and queues it for the
+ * end of the current (or next) poll, which sets req->status and calls on_done. Must be called
+ * exactly once per request; the backend must not touch the request afterwards.
  */
 void shadow__store_complete(struct shadow_store *store, struct shadow_store_req *req,
 			    int status) SHADOW_INTERNAL;
