@@ -10,7 +10,7 @@
 set -eu
 
 base="build-essential cmake pkg-config xz-utils liblzma-dev libdeflate-dev libzstd-dev libxxhash-dev
-      libssl-dev libcmocka-dev redis-server redis-tools"
+      libssl-dev libcmocka-dev redis-server redis-tools libhiredis-dev"
 fuzz="clang libclang-rt-14-dev"
 
 want="$base"

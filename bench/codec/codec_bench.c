@@ -176,23 +176,6 @@ static void usage(FILE *out, const char *prog)
 		prog, SHADOW_DEFAULT_CHUNK_TOKENS, BLOCK_TOKENS, DEFAULT_MIN_TIME, DEFAULT_ROPE_THETA);
 }
 
-/* `--name VALUE` or `--name=VALUE` at argv[*i]: the value (advancing *i), else NULL. */
-static const char *opt_value(int argc, char **argv, int *i, const char *name, bool *missing)
-{
-	size_t n = strlen(name);
-
-	if (strncmp(argv[*i], name, n) != 0)
-		return NULL;
-	if (argv[*i][n] == '=')
-		return argv[*i] + n + 1;
-	if (argv[*i][n] != '\0')
-		return NULL;
-	if (*i + 1 >= argc) {
-		*missing = true;
-		return NULL;
-	}
-	return argv[++*i];
-}
 
 static int add_scheme(struct options *o, const char *name, size_t len)
 {
@@ -276,13 +259,13 @@ static int parse_args(int argc, char **argv, struct options *o)
 			o->reference = false;
 		} else if (strcmp(a, "--no-pin") == 0) {
 			o->pin = false;
-		} else if ((v = opt_value(argc, argv, &i, "--schemes", &missing)) != NULL) {
+		} else if ((v = bench_opt_value(argc, argv, &i, "--schemes", &missing)) != NULL) {
 			schemes = v;
-		} else if ((v = opt_value(argc, argv, &i, "--csv", &missing)) != NULL) {
+		} else if ((v = bench_opt_value(argc, argv, &i, "--csv", &missing)) != NULL) {
 			o->csv_path = v;
-		} else if ((v = opt_value(argc, argv, &i, "--csv-layers", &missing)) != NULL) {
+		} else if ((v = bench_opt_value(argc, argv, &i, "--csv-layers", &missing)) != NULL) {
 			o->csv_layers_path = v;
-		} else if ((v = opt_value(argc, argv, &i, "--chunk", &missing)) != NULL) {
+		} else if ((v = bench_opt_value(argc, argv, &i, "--chunk", &missing)) != NULL) {
 			unsigned long n = strtoul(v, &end, 10);
 			if (*v == '\0' || *end != '\0' || n == 0 || n % BLOCK_TOKENS != 0 ||
 			    n > SHADOW_MAX_CHUNK_TOKENS) {
@@ -291,7 +274,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 				return 2;
 			}
 			o->chunk_tokens = (uint32_t)n;
-		} else if ((v = opt_value(argc, argv, &i, "--rope-theta", &missing)) != NULL) {
+		} else if ((v = bench_opt_value(argc, argv, &i, "--rope-theta", &missing)) != NULL) {
 			double t = strtod(v, &end);
 			if (*v == '\0' || *end != '\0' || !(t == 0.0 || (t > 1.0 && t < 1e12))) {
 				fprintf(stderr, "%s: --rope-theta %s: want 0 or a base > 1\n",
@@ -299,7 +282,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 				return 2;
 			}
 			o->rope_theta = t;
-		} else if ((v = opt_value(argc, argv, &i, "--min-time", &missing)) != NULL) {
+		} else if ((v = bench_opt_value(argc, argv, &i, "--min-time", &missing)) != NULL) {
 			double t = strtod(v, &end);
 			if (*v == '\0' || *end != '\0' || !(t >= 0.0 && t <= 600.0)) {
 				fprintf(stderr, "%s: --min-time %s: want 0 .. 600 seconds\n",

@@ -10,6 +10,7 @@
 #define SHADOW_BENCH_UTIL_H
 
 #include <sched.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -43,5 +44,12 @@ int bench_read_file(const char *path, uint64_t max_nbytes, uint8_t **buf_ret,
 
 /* Whether `path` names an existing regular file. */
 int bench_file_exists(const char *path);
+
+/*
+ * Command-line option `name` at argv[*i], as `--name VALUE` or `--name=VALUE`: returns the
+ * value (advancing *i past it), or NULL if argv[*i] is another option; sets *missing when the
+ * option is there but its value is not.
+ */
+const char *bench_opt_value(int argc, char **argv, int *i, const char *name, bool *missing);
 
 #endif /* SHADOW_BENCH_UTIL_H */

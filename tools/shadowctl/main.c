@@ -6,6 +6,7 @@
  *   shadowctl inspect FILE                      describe a chunk container or transform file
  *   shadowctl calibrate [options] -o OUT DUMP   make a PCA transform file from a KV dump
  *   shadowctl bench codec [ARGS]                the codec benchmark (bench_codec --help)
+ *   shadowctl bench store [ARGS]                the store benchmark (bench_store --help)
  *   shadowctl cpu                               CPU features the data plane will use
  *   shadowctl gpu                               whether the CUDA module and a GPU are usable
  *   shadowctl demo                              the end-to-end demo (`make demo`)
@@ -26,6 +27,7 @@
 #include "core/cpu.h"
 #include "kvdump.h"
 #include "shadowctl.h"
+#include "store_bench.h"
 
 static int usage(FILE *out)
 {
@@ -38,6 +40,7 @@ static int usage(FILE *out)
 		"  calibrate [--rope-theta X] -o OUT DUMP.kvd[.xz]\n"
 		"                                    make a PCA transform file from a KV dump\n"
 		"  bench codec [ARGS]                codec benchmark (see bench_codec --help)\n"
+		"  bench store [ARGS]                store benchmark (see bench_store --help)\n"
 		"  cpu                               CPU features used by the codecs\n"
 		"  gpu                               probe the CUDA module and GPUs\n"
 		"  demo                              run the end-to-end demo\n");
@@ -363,7 +366,9 @@ static int cmd_bench(int argc, char **argv)
 {
 	if (argc >= 2 && strcmp(argv[1], "codec") == 0)
 		return shadow_bench_codec_main(argc - 1, argv + 1);
-	fprintf(stderr, "shadowctl: bench: expected 'codec'\n");
+	if (argc >= 2 && strcmp(argv[1], "store") == 0)
+		return shadow_bench_store_main(argc - 1, argv + 1);
+	fprintf(stderr, "shadowctl: bench: expected 'codec' or 'store'\n");
 	return 2;
 }
 
