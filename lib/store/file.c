@@ -681,7 +681,7 @@ static int scan_dir(struct file_inst *inst, unsigned xx, struct scan_item **item
 		    size_t *cap, uint64_t *corrupt)
 {
 	char sub[8];
-	struct dirent *de;
+	struct dirent *de = NULL;
 	DIR *d;
 	int rc;
 
@@ -754,7 +754,7 @@ err_free_items:
 /* Remove whatever a previous run left in tmp/ (PUTs it never finished). */
 static int inst_empty_tmp(struct file_inst *inst)
 {
-	struct dirent *de;
+	struct dirent *de = NULL;
 	DIR *d;
 	int rc = dir_open_at(inst->dir_fd, "tmp", &d);
 
