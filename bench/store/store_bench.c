@@ -55,6 +55,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <shadow/shadow.h>
@@ -105,6 +106,7 @@ struct options {
 	const char *csv_path, *redis_url, *dir;
 	const char *malloc_conf; /* MALLOC_CONF of the started redis-server; "": inherited */
 	int redis_cpu;          /* -2: another CPU than ours; -1: do not pin; else that CPU */
+	uint32_t io_threads;    /* the started server's io-threads (1: Redis's default) */
 	bool clients[CL_COUNT];
 	bool quick, pin;
 	bool hiredis_stock;     /* hiredis and glibc malloc as they come: no tuning */
@@ -123,6 +125,7 @@ struct redis_target {
 /* Figures of one run, NaN where it did not run or failed. */
 struct results {
 	double redis[2][SIZES_MAX][CONNS_LIST_MAX]; /* [shadow, hiredis][size][conns] GB/s */
+	double redis_cpu[2][SIZES_MAX][CONNS_LIST_MAX]; /* client thread CPU s per GB */
 	double local[2][SIZES_MAX];                 /* [mem, file][size] GB/s */
 	double local_op_s[2][SIZES_MAX];            /* seconds per GET */
 	double memcpy_gbps[SIZES_MAX];
@@ -145,7 +148,7 @@ static void results_clear(struct results *r)
 	for (uint32_t si = 0; si < SIZES_MAX; si++) {
 		for (uint32_t c = 0; c < 2; c++) {
 			for (uint32_t ci = 0; ci < CONNS_LIST_MAX; ci++)
-				r->redis[c][si][ci] = NAN;
+				r->redis[c][si][ci] = r->redis_cpu[c][si][ci] = NAN;
 			r->local[c][si] = NAN;
 			r->local_op_s[c][si] = NAN;
 		}
@@ -232,6 +235,8 @@ static void usage(FILE *out, const char *prog)
 		"                      instead of starting one; pin it to another CPU yourself\n"
 		"  --redis-cpu N       pin the started redis-server to CPU N (default: a CPU other\n"
 		"                      than the benchmark's; -1: do not pin it)\n"
+		"  --redis-io-threads N  io-threads of the started redis-server (default 1: none;\n"
+		"                      N > 1 pins it to N CPUs from --redis-cpu on)\n"
 		"  --redis-malloc-conf S  MALLOC_CONF (jemalloc) of the started redis-server\n"
 		"                      (default %s; \"\": as inherited)\n"
 		"  --hiredis-stock     hiredis and glibc malloc untuned (default: reader maxbuf 0\n"
@@ -299,6 +304,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 	o->min_time = DEFAULT_MIN_TIME;
 	o->dir = "/tmp";
 	o->redis_cpu = -2;
+	o->io_threads = 1;
 	o->malloc_conf = DEFAULT_MALLOC_CONF;
 	o->pin = true;
 	for (int c = 0; c < CL_COUNT; c++)
@@ -357,6 +363,15 @@ static int parse_args(int argc, char **argv, struct options *o)
 				return 2;
 			}
 			o->redis_cpu = (int)n;
+		} else if ((v = bench_opt_value(argc, argv, &i, "--redis-io-threads", &missing)) !=
+			   NULL) {
+			long n = strtol(v, &end, 10);
+			if (*v == '\0' || *end != '\0' || n < 1 || n > 16) {
+				fprintf(stderr, "%s: --redis-io-threads %s: want 1 .. 16\n",
+					o->prog, v);
+				return 2;
+			}
+			o->io_threads = (uint32_t)n;
 		} else if ((v = bench_opt_value(argc, argv, &i, "--redis-malloc-conf", &missing)) !=
 			   NULL) {
 			o->malloc_conf = v;
@@ -582,27 +597,39 @@ static const char *err_text(int err)
 			       : shadow_strerror(err);
 }
 
-/* Warm-up with verification, then the timed run: goodput in GB/s, or NaN (printed). */
-static double store_measure(struct bench *b, const char *what, struct get_run *r,
-			    uint64_t *gets_ret, double *seconds_ret)
+/* CPU time of the calling thread, in seconds: what a client costs, whoever is the bottleneck. */
+static double thread_cpu_s(void)
 {
-	double s;
+	struct timespec ts;
+
+	if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+		return NAN;
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/*
+ * Warm-up with verification, then the timed run: goodput in GB/s, or NaN (printed). The
+ * client thread's CPU seconds per GB delivered go to *cpu_per_gb_ret.
+ */
+static double store_measure(struct bench *b, const char *what, struct get_run *r,
+			    double *cpu_per_gb_ret)
+{
+	double s, c0, c1;
 	int rc = get_run_timed(r, -1.0, &s);
 
 	if (rc == 0)
 		rc = get_run_verify(b, r);
+	c0 = thread_cpu_s();
 	if (rc == 0)
 		rc = get_run_timed(r, b->o->min_time, &s);
+	c1 = thread_cpu_s();
 	if (rc < 0) {
 		fprintf(stderr, "%s: %s: GET %s: %s\n", b->o->prog, what, r->keys[r->err_key],
 			err_text(rc));
 		b->status = 1;
 		return NAN;
 	}
-	if (gets_ret != NULL)
-		*gets_ret = r->gets;
-	if (seconds_ret != NULL)
-		*seconds_ret = s;
+	*cpu_per_gb_ret = (c1 - c0) / ((double)(r->gets * r->value_nbytes) / 1e9);
 	return gbps(r->gets * r->value_nbytes, s);
 }
 
@@ -880,8 +907,10 @@ static int hr_set_nonblock(redisContext *c)
 }
 
 static double hiredis_measure(struct bench *b, const struct redis_target *t, uint32_t n_conns,
-			      char (*keys)[KEY_NBYTES], uint32_t n_keys, uint64_t nbytes)
+			      char (*keys)[KEY_NBYTES], uint32_t n_keys, uint64_t nbytes,
+			      double *cpu_per_gb_ret)
 {
+	double c0, c1;
 	struct hr_conn hc[CONNS_MAX];
 	uint64_t gets = 0;
 	double s = 0.0, g = NAN;
@@ -901,10 +930,14 @@ static double hiredis_measure(struct bench *b, const struct redis_target *t, uin
 		}
 	}
 	rc = hr_run(b, hc, n_conns, keys, n_keys, nbytes, -1.0, &gets, &s);
+	c0 = thread_cpu_s();
 	if (rc == 0)
 		rc = hr_run(b, hc, n_conns, keys, n_keys, nbytes, b->o->min_time, &gets, &s);
-	if (rc == 0)
+	c1 = thread_cpu_s();
+	if (rc == 0 && gets > 0) {
 		g = gbps(gets * nbytes, s);
+		*cpu_per_gb_ret = (c1 - c0) / ((double)(gets * nbytes) / 1e9);
+	}
 out:
 	for (uint32_t i = 0; i < n; i++)
 		redisFree(hc[i].c);
@@ -958,7 +991,7 @@ static int hiredis_fill(struct bench *b, const struct redis_target *t, char (*ke
 
 static double shadow_redis_measure(struct bench *b, const struct redis_target *t,
 				   uint32_t n_conns, char (*keys)[KEY_NBYTES], uint32_t n_keys,
-				   uint64_t nbytes, uint8_t *dst)
+				   uint64_t nbytes, uint8_t *dst, double *cpu_per_gb_ret)
 {
 	struct get_slot slots[CONNS_MAX];
 	struct get_run r;
@@ -979,7 +1012,7 @@ static double shadow_redis_measure(struct bench *b, const struct redis_target *t
 		slots[i].iov.iov_base = dst + (size_t)i * nbytes;
 		slots[i].iov.iov_len = (size_t)nbytes;
 	}
-	g = store_measure(b, what, &r, NULL, NULL);
+	g = store_measure(b, what, &r, cpu_per_gb_ret);
 	shadow_store_close(r.store);
 	return g;
 }
@@ -1020,9 +1053,10 @@ static void run_redis(struct bench *b, const struct redis_target *t)
 	for (uint32_t c = 0; c < o->n_conns; c++)
 		max_conns = o->conns[c] > max_conns ? o->conns[c] : max_conns;
 
-	printf("\nRedis GET goodput, GB/s (value bytes delivered / wall s)\n");
-	printf("%9s %6s %9s %9s %15s\n", "value MiB", "conns", "shadow", "hiredis",
-	       "shadow/hiredis");
+	printf("\nRedis GET goodput, GB/s (value bytes delivered / wall s), and the client thread's\n"
+	       "CPU seconds per GB delivered (what the client costs, whoever is the bottleneck)\n");
+	printf("%9s %6s %9s %9s %15s %13s %13s\n", "value MiB", "conns", "shadow", "hiredis",
+	       "shadow/hiredis", "shadow cpu/GB", "hiredis cpu/GB");
 	fflush(stdout);
 	for (uint32_t si = 0; si < o->n_sizes; si++) {
 		const uint64_t nbytes = o->sizes_mib[si] * MIB;
@@ -1046,18 +1080,21 @@ static void run_redis(struct bench *b, const struct redis_target *t)
 
 			if (shadow_ok) {
 				*gs = shadow_redis_measure(b, t, conns, keys, b->n_keys, nbytes,
-							   dst);
+							   dst, &b->res.redis_cpu[0][si][ci]);
 				/* One failure says it; the same error for every size would not. */
 				shadow_ok = !isnan(*gs);
 			}
 #ifdef SHADOW_BENCH_HAVE_HIREDIS
 			if (o->clients[CL_HIREDIS])
-				*gh = hiredis_measure(b, t, conns, keys, b->n_keys, nbytes);
+				*gh = hiredis_measure(b, t, conns, keys, b->n_keys, nbytes,
+						      &b->res.redis_cpu[1][si][ci]);
 #endif
 			printf("%9u %6u", o->sizes_mib[si], conns);
 			print_cell(*gs, 9, 3, "");
 			print_cell(*gh, 9, 3, "");
 			print_cell(*gs / *gh, 14, 2, "x");
+			print_cell(b->res.redis_cpu[0][si][ci], 13, 3, "");
+			print_cell(b->res.redis_cpu[1][si][ci], 13, 3, "");
 			printf("\n");
 			fflush(stdout);
 			csv_row(b, CL_SHADOW, o->sizes_mib[si], conns, *gs);
@@ -1357,7 +1394,13 @@ static int redis_start(const struct options *o, struct shadow_test_redis **serve
 		free(saved);
 		return -errno;
 	}
-	rc = shadow_test_redis_start(NULL, server_ret);
+	/* Threaded I/O: the main thread still runs every command (and builds each reply), the
+	 * I/O threads write replies to the sockets in parallel. */
+	char io_line[32];
+	const char *config[3] = { io_line, "io-threads-do-reads no", NULL };
+	struct shadow_test_redis_options ro = { .config = config };
+	snprintf(io_line, sizeof(io_line), "io-threads %u", o->io_threads);
+	rc = shadow_test_redis_start(o->io_threads > 1 ? &ro : NULL, server_ret);
 	if (saved != NULL)
 		setenv("MALLOC_CONF", saved, 1);
 	else
@@ -1575,14 +1618,18 @@ int shadow_bench_store_main(int argc, char **argv)
 				CPU_ZERO(&all);
 			cpu = redis_cpu_choice(&o, &all, pinned ? pinned_cpu : -1);
 			CPU_ZERO(&one);
-			if (cpu >= 0)
-				CPU_SET(cpu, &one);
+			/* With threaded I/O, io_threads CPUs from `cpu` on. */
+			for (uint32_t k = 0; cpu >= 0 && k < o.io_threads; k++)
+				CPU_SET(cpu + (int)k, &one);
 			/* Not pinned, it still must not inherit our CPU alone. */
 			rc = pin_process(shadow_test_redis_pid(server), cpu >= 0 ? &one : &all);
 			printf("redis-server: started here (%s, pid %d), ",
 			       shadow_test_redis_addr(server), (int)shadow_test_redis_pid(server));
 			if (rc < 0)
 				printf("cannot pin it: %s\n", strerror(-rc));
+			else if (cpu >= 0 && o.io_threads > 1)
+				printf("pinned to CPUs %d-%d, io-threads %u\n", cpu,
+				       cpu + (int)o.io_threads - 1, o.io_threads);
 			else if (cpu >= 0)
 				printf("pinned to CPU %d\n", cpu);
 			else
