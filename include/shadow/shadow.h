@@ -868,6 +868,28 @@ SHADOW_API int shadow_store_stats(const struct shadow_store *store,
 SHADOW_API int shadow_parse_size(const char *text, uint64_t *nbytes_ret);
 
 /* ------------------------------------------------------------------------------------------ */
+/* Data plane results                                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * The outcome of one chunk of a fetch or save (shadowd's pipeline, the client API). Anything
+ * but SHADOW_CHUNK_OK means: recompute that chunk. A fetched chunk that is not OK may have
+ * had some of its frames written into the destination blocks (each frame only after its own
+ * checksum passed), never a frame that failed one.
+ */
+enum shadow_chunk_status {
+	SHADOW_CHUNK_OK = 0,
+	SHADOW_CHUNK_MISS = 1,     /* not in the store */
+	SHADOW_CHUNK_CORRUPT = 2,  /* failed a checksum or structural check, or another key's */
+	SHADOW_CHUNK_TIMEOUT = 3,  /* the operation's deadline passed first */
+	SHADOW_CHUNK_ERROR = 4,    /* store, copy or codec failure (the daemon's log says which) */
+	SHADOW_CHUNK_CANCELED = 5  /* cancelled, or its client or region went away */
+};
+
+/* "ok", "miss", "corrupt", "timeout", "error", "canceled"; "?" for anything else. */
+SHADOW_API const char *shadow_chunk_status_name(int status);
+
+/* ------------------------------------------------------------------------------------------ */
 /* GPU module                                                                                 */
 /* ------------------------------------------------------------------------------------------ */
 

@@ -51,6 +51,16 @@ const char *shadow_strerror(int status)
 	return "unknown error";
 }
 
+const char *shadow_chunk_status_name(int status)
+{
+	static const char *const names[] = { "ok", "miss", "corrupt", "timeout", "error",
+					     "canceled" };
+
+	if (status < 0 || (size_t)status >= SHADOW_ARRAY_SIZE(names))
+		return "?";
+	return names[status];
+}
+
 #if defined(SHADOW_TESTING)
 void shadow__assert_fail(const char *expr, const char *file, int line, const char *func)
 {

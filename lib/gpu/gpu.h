@@ -50,7 +50,71 @@ struct shadow__gpu_ops {
 	int (*dev_free)(void *ptr);
 	/* Synchronous copy between host and device memory. */
 	int (*memcpy_sync)(void *dst, const void *src, size_t nbytes, enum shadow__gpu_copy_dir dir);
+
+	/*
+	 * Copy-engine ops (lib/pipeline/copy_cuda.c). Appended to ABI 1: a module built before
+	 * them reports a smaller sizeof_ops and the loader refuses it, so a caller that holds a
+	 * table may use every field.
+	 *
+	 * Streams and events are opaque pointers (cudaStream_t, cudaEvent_t). A stream or an
+	 * event belongs to the device that was current when it was created; use it with that
+	 * device current.
+	 */
+
+	/* Make `device` current for the calling thread (cudaSetDevice). */
+	int (*device_set)(int device);
+
+	/*
+	 * Export device memory from dev_alloc (or any cudaMalloc allocation: the handle names the
+	 * whole allocation, whatever pointer inside it is given) for another process:
+	 * cudaIpcGetMemHandle into handle_ret[0 .. SHADOW_GPU_IPC_HANDLE_NBYTES-1]. For tests and
+	 * for engines that export their KV memory.
+	 */
+	int (*ipc_export)(void *dptr, uint8_t *handle_ret);
+	/*
+	 * Open another process's exported allocation on `device` (cudaSetDevice, then
+	 * cudaIpcOpenMemHandle with cudaIpcMemLazyEnablePeerAccess; the calling thread's current
+	 * device is restored afterwards). *dptr_ret is the base of the allocation in this process;
+	 * *nbytes_ret its size where the driver tells it (cuMemGetAddressRange), else 0.
+	 * -EINVAL for a NULL argument; SHADOW_ECUDA for a handle CUDA refuses, including one
+	 * opened in the process that exported it (CUDA's rule). Close with ipc_close.
+	 */
+	int (*ipc_open)(const uint8_t *handle, int device, void **dptr_ret, size_t *nbytes_ret);
+	int (*ipc_close)(void *dptr);
+
+	/* A non-blocking stream (cudaStreamNonBlocking) on the current device. */
+	int (*stream_create)(void **stream_ret);
+	/* Destroys once the stream's work has finished (the work itself still completes). */
+	int (*stream_destroy)(void *stream);
+	/* Wait until every copy issued on `stream` has finished. */
+	int (*stream_sync)(void *stream);
+
+	/*
+	 * Issue count copies, entry i being sizes[i] bytes from srcs[i] to dsts[i], on `stream`
+	 * without waiting: one cudaMemcpyBatchAsync call where the runtime and driver support it
+	 * (CUDA >= 12.8), else one cudaMemcpyAsync per entry (decided at the first call and kept).
+	 * h2d: srcs are host memory (pinned for an asynchronous copy), dsts device memory; d2h
+	 * the reverse. The arrays are read during the call only. count 0 does nothing; every
+	 * size must be > 0 and every pointer non-NULL (-EINVAL). The copies of one batch may run
+	 * in any order, so destination ranges must not overlap. On an error some copies may
+	 * have been issued: synchronise the stream before reusing the sources.
+	 */
+	int (*memcpy_h2d_batch)(void *stream, void *const *dsts, const void *const *srcs,
+				const size_t *sizes, size_t count);
+	int (*memcpy_d2h_batch)(void *stream, void *const *dsts, const void *const *srcs,
+				const size_t *sizes, size_t count);
+
+	/* An event without timing (cudaEventDisableTiming) on the current device. */
+	int (*event_create)(void **event_ret);
+	/* Record `event` after the work issued so far on `stream` (same device). */
+	int (*event_record)(void *event, void *stream);
+	/* 0 once the recorded work has finished, -EAGAIN before, SHADOW_ECUDA if it failed. */
+	int (*event_query)(void *event);
+	int (*event_destroy)(void *event);
 };
+
+/* Bytes of a CUDA IPC memory handle (cudaIpcMemHandle_t). */
+#define SHADOW_GPU_IPC_HANDLE_NBYTES 64u
 
 /* What libshadow hands the module: its logger, so CUDA errors land in the library's log. */
 struct shadow__gpu_host {

@@ -1,0 +1,1540 @@
+/*
+ * pipeline.c - the chunked data-plane pipeline (pipeline.h has the picture).
+ *
+ * DESIGN
+ *
+ * Threads (all pinned inside cfg->cpus when given; docs/threads.md):
+ *   fetch  x fetch_threads   pops FETCH and LOOKUP ops, owns a store handle; starts one GET
+ *                            per chunk into a free receive buffer; as bytes land it parses
+ *                            the container's metadata and hands each frame whose payload has
+ *                            fully arrived to the decode ring.
+ *   decode x decode_threads  pops frames; takes a frame slot (waits while none is free);
+ *                            decompresses, verifies and dequantizes straight into it (one
+ *                            codec per thread and geometry); plans the frame's copy runs into
+ *                            the slot's tail; pushes it to the copy ring.
+ *   copy   x 1               pops frames, submits them to the region's copy backend, reaps
+ *                            finished copies and recycles their slots.
+ *   save   x save_threads    pops SAVE ops; per chunk gathers the blocks from the region
+ *                            (copy backend read), encodes, PUTs. Its own store handle and
+ *                            buffers: saves never take a fetch's memory or threads.
+ *
+ * Queues: ops ring (MPMC, submitters -> fetch threads), save ring (MPMC, submitters -> save
+ * threads), decode ring (MPMC, fetch -> decode), copy ring (MPSC, decode -> copy). Each has a
+ * doorbell (below) that wakes consumers asleep on it; a producer rings only when a consumer
+ * said it is going to sleep, so a busy pipeline makes no syscall per item.
+ *
+ * Memory: one block of pool_nbytes (pinned when cfg->pinned), carved into the save threads'
+ * buffers, receive buffers (rx pool) and frame slots (slot pool), all fixed at creation. A
+ * frame slot holds the frame's staging image and, after it, the frame's copy runs.
+ *
+ * Lifetimes: a chunk in flight holds one receive buffer and a reference count: 1 for its GET
+ * plus 1 per frame handed to decode. Whoever drops the last reference (fetch thread at GET
+ * completion, decode thread on a skipped frame, copy thread when a copy is reaped) finishes
+ * the chunk: writes its status, frees its receive buffer, and finishes the op when it was the
+ * op's last chunk. An op holds a reference on its region until it finishes, so a region is
+ * unmapped only once nothing copies into it.
+ *
+ * Failure: a chunk's first failure wins (chunk->status, compare-and-swap). Frames of a failed
+ * chunk (or of a cancelled op) that have not been decoded yet are skipped, so a corrupt chunk
+ * costs no more decode work; frames already copied stay (each passed its own checksum).
+ */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/pool.h"
+#include "core/ring.h"
+#include "pipeline/pipeline.h"
+
+#define PL_REGIONS_MAX 64u
+#define PL_FRAMES_MAX (2u * SHADOW_MAX_LAYERS)
+#define PL_RX_MAX 64u           /* receive buffers, i.e. chunks in flight, at most */
+#define PL_THREADS_MAX 64u
+#define PL_SLOT_ALIGN 4096u
+#define PL_RUN_ALIGN 64u
+
+/* ------------------------------------------------------------------------------------------ */
+/* Doorbells                                                                                  */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * A consumer about to sleep increments `sleepers`, re-checks its queue, and only then blocks
+ * on the eventfd (semaphore mode: one token wakes one sleeper). A producer that made work
+ * available rings only if `sleepers` is non-zero. Both sides order their two steps with
+ * seq_cst, so either the consumer's re-check sees the work or the producer sees the sleeper
+ * (the Dekker pattern); a spare token only causes one spurious wake-up.
+ */
+struct doorbell {
+	_Atomic int sleepers;
+	int efd;
+};
+
+static int doorbell_init(struct doorbell *d)
+{
+	atomic_init(&d->sleepers, 0);
+	d->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK | EFD_SEMAPHORE);
+	return d->efd < 0 ? -errno : 0;
+}
+
+static void doorbell_fini(struct doorbell *d)
+{
+	if (d->efd >= 0)
+		close(d->efd);
+	d->efd = -1;
+}
+
+static void doorbell_ring(struct doorbell *d)
+{
+	atomic_thread_fence(memory_order_seq_cst); /* pairs with the fence in doorbell_wait */
+	if (atomic_load_explicit(&d->sleepers, memory_order_relaxed) > 0) {
+		uint64_t one = 1;
+		(void)!write(d->efd, &one, sizeof(one));
+	}
+}
+
+/* Wake everyone (shutdown): one token per possible sleeper. */
+static void doorbell_ring_all(struct doorbell *d, uint32_t n)
+{
+	uint64_t v = n;
+
+	(void)!write(d->efd, &v, sizeof(v));
+}
+
+/*
+ * Sleep until rung or timeout_ms passes (-1: no timeout), unless ready(arg) holds after the
+ * sleeper count went up.
+ */
+static void doorbell_wait(struct doorbell *d, bool (*ready)(void *), void *arg, int timeout_ms)
+{
+	atomic_fetch_add_explicit(&d->sleepers, 1, memory_order_relaxed);
+	atomic_thread_fence(memory_order_seq_cst); /* pairs with the fence in doorbell_ring */
+	if (!ready(arg)) {
+		struct pollfd p = { .fd = d->efd, .events = POLLIN };
+		if (poll(&p, 1, timeout_ms) > 0) {
+			uint64_t v;
+			(void)!read(d->efd, &v, sizeof(v));
+		}
+	}
+	atomic_fetch_sub_explicit(&d->sleepers, 1, memory_order_relaxed);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* State                                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+struct pl_region {
+	bool used;
+	bool removing;
+	_Atomic uint32_t refs;           /* 1 while registered + 1 per op in flight */
+	uint32_t bpc;                    /* blocks per chunk */
+	uint32_t max_runs;               /* runs of one frame, at most */
+	uint64_t frame_nbytes;           /* a frame's staging image */
+	struct shadow_kv_geometry geom;
+	struct shadow_kv_layout layout;
+	const struct shadow__copy_ops *ops;
+	struct shadow__copy_region *cr;
+	uint64_t raw_nbytes;             /* a chunk's KV, all frames */
+};
+
+struct pl_chunk;
+
+struct pl_frame {
+	struct pl_chunk *chunk;
+	uint32_t frame;
+	uint32_t n_runs;                 /* of the plan in the slot's tail */
+	void *slot;
+	uint64_t t_copy_ns;
+};
+
+struct pl_chunk {
+	struct shadow__pipeline *pl;
+	struct shadow__op *op;
+	struct pl_region *region;
+	struct pl_thread *owner;         /* the fetch thread whose GET is in flight, or NULL */
+	uint32_t idx;                    /* in the op */
+	uint8_t *rx;
+	struct shadow_store_req req;
+	struct iovec iov;
+	char key_text[SHADOW_STORE_KEY_MAX];
+	struct shadow_chunk_view view;
+	bool peeked, parsed;
+	uint32_t meta_nbytes;
+	uint32_t frames_released;
+	_Atomic uint32_t refs;
+	_Atomic int status;              /* enum shadow_chunk_status; OK until a failure */
+	uint64_t t0_ns;
+	struct pl_frame frames[PL_FRAMES_MAX];
+};
+
+struct pl_thread {
+	struct shadow__pipeline *pl;
+	pthread_t tid;
+	bool started;
+	uint32_t index;
+	struct shadow_store *store;      /* fetch, save */
+	struct shadow_codec *codecs[PL_REGIONS_MAX]; /* decode, save: per region, lazily */
+	struct shadow__copy_ctx *copy;   /* copy, save */
+	uint8_t *save_raw, *save_enc;    /* save: gather and encode buffers (rx_nbytes each) */
+	uint32_t *save_ids;              /* save: 0 .. bpc-1, the compact region's block ids */
+	struct doorbell bell;            /* fetch: ops, rx buffers */
+	int epfd;                        /* fetch: bell + store fd */
+	/* fetch: the ops being worked on */
+	struct shadow__op *cur;          /* still has chunks to start */
+	uint32_t gets_in_flight;
+	struct shadow_store_req lookup_req;
+	const char *lookup_keys[SHADOW_STORE_EXISTS_MAX];
+	char (*lookup_text)[SHADOW_STORE_KEY_MAX];
+	struct shadow__op *lookup_op;
+};
+
+struct shadow__pipeline {
+	struct shadow__pipeline_config cfg;
+	struct shadow_codec_options save_opts;
+	char key_prefix[SHADOW_KEY_PREFIX_MAX + 1];
+
+	void *mem;                       /* the pool block */
+	size_t mem_nbytes;
+	struct shadow__pool *rx_pool;
+	struct shadow__pool *slot_pool;
+	uint32_t n_rx, n_slots;
+	struct pl_chunk *chunks;         /* n_rx; chunk i owns rx buffer i while in flight */
+	struct shadow__ring *free_chunks;
+
+	struct shadow__ring *ops;        /* FETCH, LOOKUP */
+	struct shadow__ring *saves;
+	struct shadow__ring *decode;
+	struct shadow__ring *copyq;
+	struct doorbell decode_bell;     /* frames to decode, or slots freed */
+	struct doorbell copy_bell;
+	struct doorbell save_bell;
+
+	pthread_mutex_t regions_lock;    /* region add/remove (control path only) */
+	struct pl_region regions[PL_REGIONS_MAX];
+
+	struct pl_thread *threads;
+	uint32_t n_threads;
+	uint32_t n_fetch, n_decode, n_save;
+	_Atomic bool stopping;
+	_Atomic uint32_t cancel_epoch;   /* bumped by cancel and stop: fetch threads rescan */
+	_Atomic uint32_t fetchers_alive; /* decode threads outlive every fetch thread, */
+	_Atomic uint32_t decoders_alive; /* and the copy thread every decode thread */
+
+	/* statistics: relaxed atomics, written by the thread that did the work */
+	_Atomic uint64_t st[16];
+};
+
+enum {
+	ST_OPS, ST_OK, ST_MISS, ST_CORRUPT, ST_TIMEOUT, ST_ERROR, ST_CANCELED, ST_BYTES_IN,
+	ST_BYTES_DECODED, ST_BYTES_SAVED, ST_NS_FETCH, ST_NS_DECODE, ST_NS_COPY, ST_NS_SAVE,
+};
+
+static void st_add(struct shadow__pipeline *pl, int i, uint64_t v)
+{
+	atomic_fetch_add_explicit(&pl->st[i], v, memory_order_relaxed);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Ops, chunks, frames                                                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+static void region_put(struct pl_region *r)
+{
+	atomic_fetch_sub_explicit(&r->refs, 1, memory_order_release);
+}
+
+static void op_finish(struct shadow__pipeline *pl, struct shadow__op *op)
+{
+	if (op->kind != SHADOW__OP_LOOKUP)
+		region_put(&pl->regions[op->region]);
+	st_add(pl, ST_OPS, 1);
+	op->on_done(op); /* the op is the caller's again from here on */
+}
+
+/* One chunk of `op` has its final status. */
+static void op_chunk_done(struct shadow__pipeline *pl, struct shadow__op *op, uint32_t idx,
+			  int status)
+{
+	static const int stat_of[] = { ST_OK, ST_MISS, ST_CORRUPT, ST_TIMEOUT, ST_ERROR,
+				       ST_CANCELED };
+
+	op->chunk_status[idx] = (uint8_t)status;
+	st_add(pl, stat_of[status], 1);
+	/* acq_rel: the last one sees every other chunk's writes to the op. */
+	if (atomic_fetch_sub_explicit(&op->p.chunks_left, 1, memory_order_acq_rel) == 1) {
+		uint32_t ok = 0;
+		for (uint32_t i = 0; i < op->n_chunks; i++)
+			ok += op->chunk_status[i] == SHADOW_CHUNK_OK;
+		op->n_ok = ok;
+		op_finish(pl, op);
+	}
+}
+
+static bool op_cancelled(const struct shadow__op *op)
+{
+	return atomic_load_explicit(&((struct shadow__op *)op)->p.cancelled,
+				    memory_order_relaxed) != 0;
+}
+
+/* Record the chunk's first failure. */
+static void chunk_fail(struct pl_chunk *c, int status)
+{
+	int ok = SHADOW_CHUNK_OK;
+
+	atomic_compare_exchange_strong_explicit(&c->status, &ok, status, memory_order_relaxed,
+						memory_order_relaxed);
+}
+
+static void chunk_release(struct pl_chunk *c)
+{
+	if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	struct shadow__pipeline *pl = c->pl;
+	struct shadow__op *op = c->op;
+	uint32_t idx = c->idx;
+	int status = atomic_load_explicit(&c->status, memory_order_relaxed);
+
+	if (status == SHADOW_CHUNK_OK && op_cancelled(op))
+		status = SHADOW_CHUNK_CANCELED;
+	if (status == SHADOW_CHUNK_OK)
+		__atomic_fetch_add(&op->bytes_out, c->region->raw_nbytes, __ATOMIC_RELAXED);
+	c->op = NULL;
+	/* The chunk (and its receive buffer) is free again: tell the fetch threads. */
+	void *obj = c;
+	shadow__ring_mp_enqueue_bulk(pl->free_chunks, &obj, 1);
+	for (uint32_t i = 0; i < pl->n_fetch; i++)
+		doorbell_ring(&pl->threads[i].bell);
+	op_chunk_done(pl, op, idx, status);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Fetch threads                                                                              */
+/* ------------------------------------------------------------------------------------------ */
+
+static int status_of_store(int rc)
+{
+	switch (rc) {
+	case 0:
+		return SHADOW_CHUNK_OK;
+	case SHADOW_EMISS:
+		return SHADOW_CHUNK_MISS;
+	case -ETIMEDOUT:
+		return SHADOW_CHUNK_TIMEOUT;
+	case -ECANCELED:
+		return SHADOW_CHUNK_CANCELED;
+	case SHADOW_ECORRUPT:
+		return SHADOW_CHUNK_CORRUPT;
+	default:
+		return SHADOW_CHUNK_ERROR;
+	}
+}
+
+/* Hand every frame whose payload lies within the first `landed` bytes to decode. */
+static void chunk_release_frames(struct pl_chunk *c, uint64_t landed)
+{
+	struct shadow__pipeline *pl = c->pl;
+	uint32_t released = 0;
+
+	while (c->frames_released < c->view.n_frames) {
+		struct shadow_frame_info fi;
+		struct pl_frame *f = &c->frames[c->frames_released];
+
+		if (shadow_chunk_frame_info(&c->view, c->frames_released, &fi) < 0 ||
+		    fi.payload_offset + fi.payload_nbytes > landed)
+			break;
+		f->chunk = c;
+		f->frame = c->frames_released;
+		f->slot = NULL;
+		atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+		void *obj = f;
+		/* The ring holds every frame of every chunk in flight: it cannot be full. */
+		if (shadow__ring_mp_enqueue_bulk(pl->decode, &obj, 1) != 1) {
+			SHADOW_ASSERT(0);
+			chunk_fail(c, SHADOW_CHUNK_ERROR);
+			atomic_fetch_sub_explicit(&c->refs, 1, memory_order_relaxed);
+			break;
+		}
+		c->frames_released++;
+		released++;
+	}
+	if (released > 0)
+		doorbell_ring(&pl->decode_bell);
+}
+
+/* on_data of a chunk's GET: parse the metadata once it is in, then release frames. */
+static void chunk_on_data(struct shadow_store_req *req, uint64_t value_nbytes, uint64_t landed)
+{
+	struct pl_chunk *c = req->user;
+	struct shadow__pipeline *pl = c->pl;
+	struct shadow__op *op = c->op;
+	int rc;
+
+	(void)value_nbytes;
+	if (atomic_load_explicit(&c->status, memory_order_relaxed) != SHADOW_CHUNK_OK)
+		return;
+	if (!c->peeked) {
+		uint64_t total;
+		if (landed < SHADOW_CHUNK_HEADER_NBYTES)
+			return;
+		rc = shadow_chunk_peek(c->rx, landed, &c->meta_nbytes, &total);
+		if (rc < 0 || total != req->value_nbytes)
+			goto corrupt;
+		c->peeked = true;
+	}
+	if (!c->parsed) {
+		if (landed < c->meta_nbytes)
+			return;
+		rc = shadow_chunk_parse(c->rx, landed, &op->keys[c->idx], &c->region->geom,
+					&c->view);
+		if (rc < 0 || c->view.chunk_index != op->first_chunk_index + c->idx ||
+		    c->view.n_tokens != c->region->geom.chunk_tokens) {
+			SHADOW_LOG_RATELIMITED(SHADOW_LOG_WARN, "chunk %s: %s", c->key_text,
+					       rc < 0 ? shadow_strerror(rc) :
+							"wrong chunk index or token count");
+			goto corrupt;
+		}
+		c->parsed = true;
+	}
+	chunk_release_frames(c, landed);
+	return;
+corrupt:
+	chunk_fail(c, SHADOW_CHUNK_CORRUPT);
+	(void)pl;
+}
+
+static void chunk_on_done(struct shadow_store_req *req)
+{
+	struct pl_chunk *c = req->user;
+	struct shadow__pipeline *pl = c->pl;
+
+	c->owner = NULL;
+	st_add(pl, ST_NS_FETCH, shadow__now_ns() - c->t0_ns);
+	if (req->status == 0) {
+		st_add(pl, ST_BYTES_IN, req->value_nbytes);
+		__atomic_fetch_add(&c->op->bytes_in, req->value_nbytes, __ATOMIC_RELAXED);
+		/* Everything landed: every frame must have been released by now. */
+		if (!c->parsed || c->frames_released != c->view.n_frames)
+			chunk_fail(c, SHADOW_CHUNK_CORRUPT);
+	} else {
+		if (req->status == SHADOW_ELIMIT)
+			SHADOW_LOG_RATELIMITED(SHADOW_LOG_ERROR,
+					       "chunk %s: %llu bytes, larger than a receive buffer",
+					       c->key_text, (unsigned long long)req->value_nbytes);
+		chunk_fail(c, status_of_store(req->status));
+	}
+	chunk_release(c); /* the GET's reference */
+}
+
+/* Start the next chunk of t->cur if a receive buffer is free. Returns false if it could not. */
+static bool fetch_start_chunk(struct pl_thread *t)
+{
+	struct shadow__pipeline *pl = t->pl;
+	struct shadow__op *op = t->cur;
+	void *obj;
+
+	if (shadow__ring_mc_dequeue_bulk(pl->free_chunks, &obj, 1) != 1)
+		return false;
+	struct pl_chunk *c = obj;
+	uint32_t idx = atomic_fetch_add_explicit(&op->p.next_chunk, 1, memory_order_relaxed);
+
+	SHADOW_ASSERT(idx < op->n_chunks); /* only this thread advances its op's cursor */
+	if (idx + 1 == op->n_chunks)
+		t->cur = NULL; /* every chunk started */
+	c->op = op;
+	c->region = &pl->regions[op->region];
+	c->idx = idx;
+	c->peeked = c->parsed = false;
+	c->frames_released = 0;
+	atomic_store_explicit(&c->refs, 1, memory_order_relaxed);
+	atomic_store_explicit(&c->status, SHADOW_CHUNK_OK, memory_order_relaxed);
+	c->t0_ns = shadow__now_ns();
+
+	if (op_cancelled(op) || (op->deadline_ns != 0 && c->t0_ns >= op->deadline_ns)) {
+		chunk_fail(c, op_cancelled(op) ? SHADOW_CHUNK_CANCELED : SHADOW_CHUNK_TIMEOUT);
+		chunk_release(c);
+		return true;
+	}
+	shadow_key_format(&op->keys[idx], pl->key_prefix, c->key_text, sizeof(c->key_text));
+	c->iov.iov_base = c->rx;
+	c->iov.iov_len = pl->cfg.rx_nbytes;
+	memset(&c->req, 0, sizeof(c->req));
+	c->req.op = SHADOW_STORE_GET;
+	c->req.key = c->key_text;
+	c->req.iov = &c->iov;
+	c->req.iov_count = 1;
+	c->req.deadline_ns = op->deadline_ns;
+	c->req.on_data = chunk_on_data;
+	c->req.on_done = chunk_on_done;
+	c->req.user = c;
+	c->owner = t;
+	int rc = shadow_store_submit(t->store, &c->req);
+	if (rc < 0) {
+		c->owner = NULL;
+		chunk_fail(c, SHADOW_CHUNK_ERROR);
+		chunk_release(c);
+	}
+	return true;
+}
+
+static void lookup_done(struct shadow_store_req *req)
+{
+	struct pl_thread *t = req->user;
+	struct shadow__op *op = t->lookup_op;
+
+	t->lookup_op = NULL;
+	op->status = req->status < 0 ? req->status : 0;
+	op->n_found = req->status == 0 ? req->n_found : 0;
+	op_finish(t->pl, op);
+}
+
+/* LOOKUP: one EXISTS over the op's keys (at most SHADOW_STORE_EXISTS_MAX of them). */
+static void lookup_start(struct pl_thread *t, struct shadow__op *op)
+{
+	struct shadow__pipeline *pl = t->pl;
+	uint32_t n = SHADOW_MIN(op->n_chunks, SHADOW_STORE_EXISTS_MAX);
+
+	for (uint32_t i = 0; i < n; i++) {
+		shadow_key_format(&op->keys[i], pl->key_prefix, t->lookup_text[i],
+				  SHADOW_STORE_KEY_MAX);
+		t->lookup_keys[i] = t->lookup_text[i];
+	}
+	t->lookup_op = op;
+	memset(&t->lookup_req, 0, sizeof(t->lookup_req));
+	t->lookup_req.op = SHADOW_STORE_EXISTS;
+	t->lookup_req.keys = t->lookup_keys;
+	t->lookup_req.n_keys = n;
+	t->lookup_req.deadline_ns = op->deadline_ns;
+	t->lookup_req.on_done = lookup_done;
+	t->lookup_req.user = t;
+	int rc = shadow_store_submit(t->store, &t->lookup_req);
+	if (rc < 0) {
+		t->lookup_op = NULL;
+		op->status = rc;
+		op->n_found = 0;
+		op_finish(pl, op);
+	}
+}
+
+static bool fetch_has_work(struct pl_thread *t)
+{
+	struct shadow__pipeline *pl = t->pl;
+
+	if (t->cur == NULL && t->lookup_op == NULL && shadow__ring_count(pl->ops) > 0)
+		return true;
+	return t->cur != NULL && shadow__ring_count(pl->free_chunks) > 0;
+}
+
+/*
+ * Cancel this thread's GETs of cancelled ops (or all of them when stopping), so that a
+ * cancelled op finishes without waiting for its bytes. Runs when cancel_epoch moved.
+ */
+static void fetch_cancel_scan(struct pl_thread *t, bool all)
+{
+	struct shadow__pipeline *pl = t->pl;
+
+	for (uint32_t i = 0; i < pl->n_rx; i++) {
+		struct pl_chunk *c = &pl->chunks[i];
+		if (c->owner == t && (all || op_cancelled(c->op)))
+			(void)shadow_store_cancel(t->store, &c->req);
+	}
+}
+
+static void *fetch_main(void *arg)
+{
+	struct pl_thread *t = arg;
+	struct shadow__pipeline *pl = t->pl;
+	uint32_t epoch = 0;
+	struct epoll_event ev[4];
+
+	for (;;) {
+		bool stopping = atomic_load_explicit(&pl->stopping, memory_order_acquire);
+		uint32_t e = atomic_load_explicit(&pl->cancel_epoch, memory_order_acquire);
+
+		if (e != epoch) {
+			epoch = e;
+			fetch_cancel_scan(t, stopping);
+		}
+		/* One op at a time per thread: its chunks start in order. */
+		if (t->cur == NULL && t->lookup_op == NULL) {
+			void *obj;
+			if (shadow__ring_mc_dequeue_bulk(pl->ops, &obj, 1) == 1) {
+				struct shadow__op *op = obj;
+				if (stopping)
+					atomic_store_explicit(&op->p.cancelled, 1, memory_order_relaxed);
+				if (op->kind == SHADOW__OP_LOOKUP)
+					lookup_start(t, op);
+				else
+					t->cur = op;
+			}
+		}
+		while (t->cur != NULL && fetch_start_chunk(t))
+			;
+		if (shadow_store_poll(t->store, 0) > 0 || fetch_has_work(t))
+			continue;
+		if (stopping && t->cur == NULL && t->lookup_op == NULL) {
+			struct shadow_store_stats s = { .size = sizeof(s) };
+			shadow_store_stats(t->store, &s);
+			if (s.in_flight == 0 && shadow__ring_count(pl->ops) == 0)
+				break;
+		}
+		/* Sleep on the doorbell and the store's fd together (doorbell_wait's protocol). */
+		atomic_fetch_add_explicit(&t->bell.sleepers, 1, memory_order_relaxed);
+		atomic_thread_fence(memory_order_seq_cst);
+		if (!fetch_has_work(t) &&
+		    atomic_load_explicit(&pl->cancel_epoch, memory_order_relaxed) == epoch) {
+			int n = epoll_wait(t->epfd, ev, 4, stopping ? 10 : 100);
+			for (int i = 0; i < n; i++) {
+				uint64_t v;
+				if (ev[i].data.u32 == 1)
+					(void)!read(t->bell.efd, &v, sizeof(v));
+			}
+		}
+		atomic_fetch_sub_explicit(&t->bell.sleepers, 1, memory_order_relaxed);
+	}
+	atomic_fetch_sub_explicit(&pl->fetchers_alive, 1, memory_order_release);
+	doorbell_ring_all(&pl->decode_bell, pl->n_decode);
+	return NULL;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Decode threads                                                                             */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Stopping, a decode thread leaves only once no fetch thread can release more frames. */
+static bool decode_may_exit(struct shadow__pipeline *pl)
+{
+	return atomic_load_explicit(&pl->stopping, memory_order_acquire) &&
+	       atomic_load_explicit(&pl->fetchers_alive, memory_order_acquire) == 0;
+}
+
+static bool decode_ready(void *arg)
+{
+	struct shadow__pipeline *pl = arg;
+
+	return decode_may_exit(pl) || shadow__ring_count(pl->decode) > 0;
+}
+
+struct slot_wait {
+	struct shadow__pipeline *pl;
+};
+
+static bool slot_ready(void *arg)
+{
+	struct shadow__pipeline *pl = arg;
+	struct shadow__pool_stats s;
+
+	shadow__pool_stats(pl->slot_pool, &s);
+	return s.n_available > 0 || atomic_load_explicit(&pl->stopping, memory_order_relaxed);
+}
+
+static struct shadow_codec *thread_codec(struct pl_thread *t, struct pl_region *r)
+{
+	uint32_t id = (uint32_t)(r - t->pl->regions);
+
+	if (t->codecs[id] != NULL)
+		return t->codecs[id];
+	if (shadow_codec_create(&r->geom, &t->codecs[id]) < 0)
+		return NULL;
+	if (t->pl->cfg.transform != NULL)
+		(void)shadow_codec_set_transform(t->codecs[id], t->pl->cfg.transform);
+	return t->codecs[id];
+}
+
+/* A frame slot: the staging image, then (PL_RUN_ALIGN aligned) the frame's copy runs. */
+static struct shadow_copy_run *slot_runs(void *slot, const struct pl_region *r)
+{
+	uint64_t off = (r->frame_nbytes + PL_RUN_ALIGN - 1) & ~(uint64_t)(PL_RUN_ALIGN - 1);
+
+	return (struct shadow_copy_run *)(void *)((uint8_t *)slot + off); /* slots are 4 KiB
+									     aligned */
+}
+
+/* A frame leaves the pipeline without a copy (skipped or failed). */
+static void frame_drop(struct shadow__pipeline *pl, struct pl_frame *f)
+{
+	if (f->slot != NULL) {
+		shadow__pool_put(pl->slot_pool, NULL, f->slot);
+		f->slot = NULL;
+		doorbell_ring(&pl->decode_bell);
+	}
+	chunk_release(f->chunk);
+}
+
+static void decode_one(struct pl_thread *t, struct pl_frame *f)
+{
+	struct shadow__pipeline *pl = t->pl;
+	struct pl_chunk *c = f->chunk;
+	struct pl_region *r = c->region;
+	uint64_t t0;
+	int rc;
+
+	if (atomic_load_explicit(&c->status, memory_order_relaxed) != SHADOW_CHUNK_OK ||
+	    op_cancelled(c->op)) {
+		frame_drop(pl, f);
+		return;
+	}
+	/* Occupancy-based admission: no slot, no decode. */
+	while (shadow__pool_get(pl->slot_pool, NULL, &f->slot) < 0) {
+		if (atomic_load_explicit(&pl->stopping, memory_order_relaxed)) {
+			chunk_fail(c, SHADOW_CHUNK_CANCELED);
+			frame_drop(pl, f);
+			return;
+		}
+		doorbell_wait(&pl->decode_bell, slot_ready, pl, 100);
+	}
+	struct shadow_codec *codec = thread_codec(t, r);
+	if (codec == NULL) {
+		chunk_fail(c, SHADOW_CHUNK_ERROR);
+		frame_drop(pl, f);
+		return;
+	}
+	t0 = shadow__now_ns();
+	rc = shadow_chunk_decode_frame(codec, &c->view, f->frame, &r->layout, f->slot,
+				       r->frame_nbytes);
+	if (rc < 0) {
+		SHADOW_LOG_RATELIMITED(SHADOW_LOG_WARN, "chunk %s frame %u: %s", c->key_text,
+				       f->frame, shadow_strerror(rc));
+		chunk_fail(c, rc == SHADOW_ECORRUPT ? SHADOW_CHUNK_CORRUPT : SHADOW_CHUNK_ERROR);
+		frame_drop(pl, f);
+		return;
+	}
+	/* The copy plan goes after the staging image, in the same slot. */
+	struct shadow_copy_run *runs = slot_runs(f->slot, r);
+	size_t n_runs = 0;
+	const uint32_t *blocks = c->op->block_ids + (uint64_t)c->idx * r->bpc;
+	rc = shadow_layout_plan_frame(&r->layout, &r->geom, f->frame / 2, f->frame % 2, blocks,
+				      r->bpc, runs, r->max_runs, &n_runs);
+	st_add(pl, ST_NS_DECODE, shadow__now_ns() - t0);
+	if (rc < 0) {
+		chunk_fail(c, SHADOW_CHUNK_ERROR);
+		frame_drop(pl, f);
+		return;
+	}
+	void *obj = f;
+	f->n_runs = (uint32_t)n_runs;
+	if (shadow__ring_mp_enqueue_bulk(pl->copyq, &obj, 1) != 1) {
+		SHADOW_ASSERT(0); /* sized for every slot */
+		chunk_fail(c, SHADOW_CHUNK_ERROR);
+		frame_drop(pl, f);
+		return;
+	}
+	doorbell_ring(&pl->copy_bell);
+}
+
+static void *decode_main(void *arg)
+{
+	struct pl_thread *t = arg;
+	struct shadow__pipeline *pl = t->pl;
+
+	for (;;) {
+		void *obj;
+		if (shadow__ring_mc_dequeue_bulk(pl->decode, &obj, 1) == 1) {
+			decode_one(t, obj);
+			continue;
+		}
+		if (decode_may_exit(pl))
+			break;
+		doorbell_wait(&pl->decode_bell, decode_ready, pl, 100);
+	}
+	atomic_fetch_sub_explicit(&pl->decoders_alive, 1, memory_order_release);
+	doorbell_ring_all(&pl->copy_bell, 1);
+	return NULL;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Copy thread                                                                                */
+/* ------------------------------------------------------------------------------------------ */
+
+static bool copy_ready(void *arg)
+{
+	struct shadow__pipeline *pl = arg;
+
+	return atomic_load_explicit(&pl->stopping, memory_order_relaxed) ||
+	       shadow__ring_count(pl->copyq) > 0;
+}
+
+static void copy_reap(struct pl_thread *t, const struct shadow__copy_ops *ops)
+{
+	struct shadow__pipeline *pl = t->pl;
+	void *users[32];
+	int statuses[32];
+	uint32_t n;
+
+	while ((n = ops->reap(t->copy, users, statuses, 32)) > 0) {
+		uint64_t now = shadow__now_ns();
+		for (uint32_t i = 0; i < n; i++) {
+			struct pl_frame *f = users[i];
+			struct pl_chunk *c = f->chunk;
+			st_add(pl, ST_NS_COPY, now - f->t_copy_ns);
+			if (statuses[i] < 0)
+				chunk_fail(c, SHADOW_CHUNK_ERROR);
+			else
+				st_add(pl, ST_BYTES_DECODED, c->region->frame_nbytes);
+			frame_drop(pl, f);
+		}
+	}
+}
+
+/*
+ * One copy thread serves every region; regions share a backend kind per process in practice
+ * (all host or all cuda), and each backend keeps its own context here.
+ */
+static void *copy_main(void *arg)
+{
+	struct pl_thread *t = arg;
+	struct shadow__pipeline *pl = t->pl;
+	const struct shadow__copy_ops *cuda = NULL;
+	struct shadow__copy_ctx *host_ctx = NULL, *cuda_ctx = NULL;
+
+	if (shadow__copy_host_ops.ctx_create(&host_ctx) < 0)
+		host_ctx = NULL;
+
+	for (;;) {
+		void *obj;
+		bool did = false;
+
+		while (shadow__ring_sc_dequeue_bulk(pl->copyq, &obj, 1) == 1) {
+			struct pl_frame *f = obj;
+			struct pl_region *r = f->chunk->region;
+			bool is_cuda = r->ops != &shadow__copy_host_ops;
+			/* The CUDA context is made on the first GPU frame, not before: a host-only
+			 * daemon never initialises CUDA. */
+			if (is_cuda && cuda_ctx == NULL) {
+				cuda = r->ops;
+				if (cuda->ctx_create(&cuda_ctx) < 0)
+					cuda_ctx = NULL;
+			}
+			struct shadow__copy_ctx *ctx = is_cuda ? cuda_ctx : host_ctx;
+			const struct shadow__copy_ops *ops = r->ops;
+			struct shadow__copy_job job = {
+				.region = r->cr,
+				.src = f->slot,
+				.runs = slot_runs(f->slot, r),
+				.n_runs = f->n_runs,
+				.user = f,
+			};
+			int rc;
+
+			did = true;
+			if (ctx == NULL) {
+				chunk_fail(f->chunk, SHADOW_CHUNK_ERROR);
+				frame_drop(pl, f);
+				continue;
+			}
+			f->t_copy_ns = shadow__now_ns();
+			t->copy = ctx;
+			while ((rc = ops->submit(ctx, &job)) == -EAGAIN)
+				copy_reap(t, ops);
+			if (rc < 0) {
+				chunk_fail(f->chunk, SHADOW_CHUNK_ERROR);
+				frame_drop(pl, f);
+			}
+			copy_reap(t, ops);
+		}
+		if (cuda_ctx != NULL) {
+			t->copy = cuda_ctx;
+			copy_reap(t, cuda);
+		}
+		if (host_ctx != NULL) {
+			t->copy = host_ctx;
+			copy_reap(t, &shadow__copy_host_ops);
+		}
+		if (did)
+			continue;
+		bool busy = cuda_ctx != NULL && cuda->in_flight(cuda_ctx) > 0;
+		if (atomic_load_explicit(&pl->stopping, memory_order_acquire) && !busy &&
+		    atomic_load_explicit(&pl->decoders_alive, memory_order_acquire) == 0 &&
+		    shadow__ring_count(pl->copyq) == 0)
+			break;
+		if (busy)
+			shadow__sleep_ns(20 * SHADOW_NS_PER_US); /* copies in flight: poll events */
+		else
+			doorbell_wait(&pl->copy_bell, copy_ready, pl, 100);
+	}
+	t->copy = NULL;
+	if (host_ctx != NULL)
+		shadow__copy_host_ops.ctx_destroy(host_ctx);
+	if (cuda_ctx != NULL)
+		cuda->ctx_destroy(cuda_ctx);
+	return NULL;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Save threads                                                                               */
+/* ------------------------------------------------------------------------------------------ */
+
+static bool save_ready(void *arg)
+{
+	struct shadow__pipeline *pl = arg;
+
+	return atomic_load_explicit(&pl->stopping, memory_order_relaxed) ||
+	       shadow__ring_count(pl->saves) > 0;
+}
+
+/*
+ * The chunk's blocks, gathered frame by frame into t->save_raw as a compact region with the
+ * source's block-internal order: frame (l, kv) at (2l + kv) * frame_nbytes, block i of the
+ * chunk at i * block bytes within it. Fills *lay with the layout that describes it.
+ */
+static int save_gather(struct pl_thread *t, struct pl_region *r, const uint32_t *blocks,
+		       struct shadow_kv_layout *lay)
+{
+	const struct shadow_kv_geometry *g = &r->geom;
+	uint64_t es = shadow_dtype_nbytes(g->dtype);
+	uint64_t vec = g->head_dim * es;
+	uint64_t block = (uint64_t)g->block_tokens * g->n_kv_heads * vec;
+	bool token_major = r->layout.head_stride <= r->layout.token_stride;
+	/* save_enc is page aligned (pool carving) and free until the encode: run scratch. */
+	struct shadow_copy_run *runs = (struct shadow_copy_run *)(void *)t->save_enc;
+	size_t n_runs;
+	int rc;
+
+	memset(lay, 0, sizeof(*lay));
+	lay->region_nbytes = r->raw_nbytes;
+	lay->n_layers = g->n_layers;
+	lay->n_blocks = r->bpc;
+	lay->block_stride = (int64_t)block;
+	lay->elem_stride = (int64_t)es;
+	lay->token_stride = (int64_t)(token_major ? g->n_kv_heads * vec : vec);
+	lay->head_stride = (int64_t)(token_major ? vec : g->block_tokens * vec);
+	for (uint32_t l = 0; l < g->n_layers; l++) {
+		for (uint32_t kv = 0; kv < 2; kv++)
+			lay->base[l][kv] = (2 * l + kv) * r->frame_nbytes;
+	}
+	for (uint32_t fr = 0; fr < 2 * g->n_layers; fr++) {
+		rc = shadow_layout_plan_frame(&r->layout, g, fr / 2, fr % 2, blocks, r->bpc, runs,
+					      r->max_runs, &n_runs);
+		if (rc < 0)
+			return rc;
+		/* Runs hold (image offset, region offset): read() wants the image offset shifted
+		 * to this frame's place in save_raw. */
+		for (size_t i = 0; i < n_runs; i++)
+			runs[i].src_offset += fr * r->frame_nbytes;
+		rc = r->ops->read(t->copy, r->cr, runs, (uint32_t)n_runs, t->save_raw);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+static int save_chunk(struct pl_thread *t, struct shadow__op *op, uint32_t i)
+{
+	struct shadow__pipeline *pl = t->pl;
+	struct pl_region *r = &pl->regions[op->region];
+	struct shadow_kv_layout lay;
+	size_t n = 0;
+	int rc;
+
+	if (op_cancelled(op))
+		return SHADOW_CHUNK_CANCELED;
+	if (op->deadline_ns != 0 && shadow__now_ns() >= op->deadline_ns)
+		return SHADOW_CHUNK_TIMEOUT;
+	rc = save_gather(t, r, op->block_ids + (uint64_t)i * r->bpc, &lay);
+	if (rc < 0)
+		return SHADOW_CHUNK_ERROR;
+	struct shadow_codec *codec = thread_codec(t, r);
+	if (codec == NULL)
+		return SHADOW_CHUNK_ERROR;
+	uint64_t t0 = shadow__now_ns();
+	rc = shadow_chunk_encode(codec, &pl->save_opts, &op->keys[i], op->first_chunk_index + i,
+				 t->save_raw, &lay, t->save_ids, t->save_enc, pl->cfg.rx_nbytes, &n);
+	st_add(pl, ST_NS_SAVE, shadow__now_ns() - t0);
+	if (rc < 0) {
+		SHADOW_LOG_RATELIMITED(SHADOW_LOG_ERROR, "save: encode: %s", shadow_strerror(rc));
+		return SHADOW_CHUNK_ERROR;
+	}
+	char key[SHADOW_STORE_KEY_MAX];
+	shadow_key_format(&op->keys[i], pl->key_prefix, key, sizeof(key));
+	struct iovec iov = { t->save_enc, n };
+	struct shadow_store_req req = { .op = SHADOW_STORE_PUT, .key = key, .iov = &iov,
+					.iov_count = 1, .deadline_ns = op->deadline_ns };
+	rc = shadow_store_submit(t->store, &req);
+	if (rc == 0)
+		rc = shadow_store_wait(t->store, &req);
+	if (rc < 0)
+		return status_of_store(rc) == SHADOW_CHUNK_OK ? SHADOW_CHUNK_ERROR : status_of_store(rc);
+	st_add(pl, ST_BYTES_SAVED, n);
+	__atomic_fetch_add(&op->bytes_out, n, __ATOMIC_RELAXED);
+	return SHADOW_CHUNK_OK;
+}
+
+static void *save_main(void *arg)
+{
+	struct pl_thread *t = arg;
+	struct shadow__pipeline *pl = t->pl;
+	const struct shadow__copy_ops *cuda = NULL;
+	struct shadow__copy_ctx *host_ctx = NULL, *cuda_ctx = NULL;
+
+	if (shadow__copy_host_ops.ctx_create(&host_ctx) < 0)
+		host_ctx = NULL;
+	for (;;) {
+		void *obj;
+		if (shadow__ring_mc_dequeue_bulk(pl->saves, &obj, 1) == 1) {
+			struct shadow__op *op = obj;
+			struct pl_region *r = &pl->regions[op->region];
+			if (r->ops != &shadow__copy_host_ops && cuda_ctx == NULL) {
+				cuda = r->ops;
+				if (cuda->ctx_create(&cuda_ctx) < 0)
+					cuda_ctx = NULL;
+			}
+			t->copy = r->ops == &shadow__copy_host_ops ? host_ctx : cuda_ctx;
+			/* The op is the caller's again once its last chunk is done: n_chunks is
+			 * read before that. */
+			const uint32_t n = op->n_chunks;
+			for (uint32_t i = 0; i < n; i++) {
+				int st = t->copy == NULL ? SHADOW_CHUNK_ERROR : save_chunk(t, op, i);
+				op_chunk_done(pl, op, i, st);
+			}
+			continue;
+		}
+		if (atomic_load_explicit(&pl->stopping, memory_order_acquire))
+			break;
+		doorbell_wait(&pl->save_bell, save_ready, pl, -1);
+	}
+	t->copy = NULL;
+	if (host_ctx != NULL)
+		shadow__copy_host_ops.ctx_destroy(host_ctx);
+	if (cuda_ctx != NULL)
+		cuda->ctx_destroy(cuda_ctx);
+	return NULL;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Set-up                                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+void shadow__pipeline_config_default(struct shadow__pipeline_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	shadow_store_options_default(&cfg->store_opts);
+	cfg->pool_nbytes = UINT64_C(1) << 30;
+	cfg->slot_nbytes = UINT64_C(1) << 20;
+	cfg->rx_nbytes = UINT64_C(64) << 20;
+	cfg->fetch_threads = 1;
+	cfg->decode_threads = 2;
+	cfg->save_threads = 1;
+}
+
+static int thread_pin(pthread_t tid, const cpu_set_t *cpus)
+{
+	if (cpus == NULL)
+		return 0;
+	return -pthread_setaffinity_np(tid, sizeof(*cpus), cpus);
+}
+
+static void thread_fini(struct pl_thread *t)
+{
+	for (uint32_t i = 0; i < PL_REGIONS_MAX; i++)
+		shadow_codec_free(t->codecs[i]);
+	shadow_store_close(t->store);
+	doorbell_fini(&t->bell);
+	if (t->epfd >= 0)
+		close(t->epfd);
+	free(t->lookup_text);
+	free(t->save_ids);
+}
+
+/* Per-thread resources made before the thread starts (so a failure is reported by create). */
+static int thread_prepare(struct shadow__pipeline *pl, struct pl_thread *t, bool fetch, bool save)
+{
+	int rc;
+
+	t->pl = pl;
+	t->epfd = -1;
+	t->bell.efd = -1;
+	if (!fetch && !save)
+		return 0;
+	rc = shadow_store_open(pl->cfg.store_url, &pl->cfg.store_opts, &t->store);
+	if (rc < 0)
+		return rc;
+	if (!fetch) {
+		t->save_ids = malloc(SHADOW_MAX_CHUNK_TOKENS * sizeof(*t->save_ids));
+		if (t->save_ids == NULL)
+			return -ENOMEM;
+		for (uint32_t b = 0; b < SHADOW_MAX_CHUNK_TOKENS; b++)
+			t->save_ids[b] = b;
+		return 0;
+	}
+	t->lookup_text = calloc(SHADOW_STORE_EXISTS_MAX, SHADOW_STORE_KEY_MAX);
+	if (t->lookup_text == NULL)
+		return -ENOMEM;
+	rc = doorbell_init(&t->bell);
+	if (rc < 0)
+		return rc;
+	t->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (t->epfd < 0)
+		return -errno;
+	struct epoll_event ev = { .events = EPOLLIN, .data.u32 = 1 };
+	if (epoll_ctl(t->epfd, EPOLL_CTL_ADD, t->bell.efd, &ev) < 0)
+		return -errno;
+	int sfd = shadow_store_fd(t->store);
+	ev.data.u32 = 2;
+	if (sfd >= 0 && epoll_ctl(t->epfd, EPOLL_CTL_ADD, sfd, &ev) < 0)
+		return -errno;
+	return 0;
+}
+
+/* Split the pool: save buffers, receive buffers, frame slots. */
+static int pool_carve(struct shadow__pipeline *pl)
+{
+	const struct shadow__pipeline_config *c = &pl->cfg;
+	uint64_t save = (uint64_t)c->save_threads * 2 * c->rx_nbytes;
+	uint64_t min = save + c->rx_nbytes + 2 * c->slot_nbytes;
+	int rc;
+
+	if (c->pool_nbytes < min) {
+		SHADOW_LOGE("pipeline: pool of %llu MiB is below the %llu MiB that %u save "
+			    "thread(s), one receive buffer and two frame slots need",
+			    (unsigned long long)(c->pool_nbytes >> 20),
+			    (unsigned long long)((min + (1 << 20) - 1) >> 20), c->save_threads);
+		return -EINVAL;
+	}
+	uint64_t rest = c->pool_nbytes - save;
+	/* Half of the rest for receive buffers (at least one), the other half for slots. */
+	pl->n_rx = (uint32_t)SHADOW_MIN((uint64_t)PL_RX_MAX,
+					SHADOW_MAX(UINT64_C(1), rest / 2 / c->rx_nbytes));
+	pl->n_slots = (uint32_t)SHADOW_MIN((rest - pl->n_rx * c->rx_nbytes) / c->slot_nbytes,
+					   (uint64_t)SHADOW_POOL_SLOTS_MAX);
+	pl->mem_nbytes = (size_t)c->pool_nbytes;
+	rc = shadow__copy_pool_alloc(pl->mem_nbytes, c->pinned, &pl->mem);
+	if (rc < 0)
+		return rc;
+	uint8_t *p = pl->mem;
+	for (uint32_t i = 0; i < pl->n_threads; i++) {
+		struct pl_thread *t = &pl->threads[i];
+		if (t->index < pl->n_fetch + pl->n_decode + 1)
+			continue;
+		t->save_raw = p;
+		t->save_enc = p + c->rx_nbytes;
+		p += 2 * c->rx_nbytes;
+	}
+	rc = shadow__pool_create_on(&pl->rx_pool, p, pl->n_rx * c->rx_nbytes, c->rx_nbytes,
+				    pl->n_rx, PL_SLOT_ALIGN);
+	if (rc < 0)
+		return rc;
+	p += pl->n_rx * c->rx_nbytes;
+	return shadow__pool_create_on(&pl->slot_pool, p, pl->n_slots * c->slot_nbytes,
+				      c->slot_nbytes, pl->n_slots, PL_SLOT_ALIGN);
+}
+
+static uint32_t pow2_at_least(uint32_t n)
+{
+	uint32_t p = 2;
+
+	while (p < n)
+		p <<= 1;
+	return p;
+}
+
+static void *(*const thread_main[])(void *) = { fetch_main, decode_main, copy_main, save_main };
+
+int shadow__pipeline_create(const struct shadow__pipeline_config *cfg,
+			    struct shadow__pipeline **pl_ret)
+{
+	struct shadow__pipeline *pl;
+	int rc;
+
+	if (cfg == NULL || cfg->store_url == NULL || cfg->fetch_threads < 1 ||
+	    cfg->decode_threads < 1 || cfg->save_threads < 1 ||
+	    cfg->fetch_threads + cfg->decode_threads + cfg->save_threads + 1 > PL_THREADS_MAX ||
+	    cfg->slot_nbytes < 4096 || cfg->rx_nbytes < 4096 || cfg->slot_nbytes % 4096 != 0 ||
+	    cfg->rx_nbytes % 4096 != 0) {
+		SHADOW_LOGE("pipeline: bad configuration (threads 1..%u, buffers multiples of 4 KiB)",
+			    PL_THREADS_MAX);
+		return -EINVAL;
+	}
+	pl = calloc(1, sizeof(*pl));
+	if (pl == NULL)
+		return -ENOMEM;
+	pl->cfg = *cfg; /* store_url, the caller's string, is used until the threads are set up */
+	pl->decode_bell.efd = pl->copy_bell.efd = pl->save_bell.efd = -1;
+	pthread_mutex_init(&pl->regions_lock, NULL);
+	char probe[SHADOW_STORE_KEY_MAX];
+	rc = shadow_key_format(&(struct shadow_chunk_key){ { 0 } }, cfg->key_prefix, probe,
+			       sizeof(probe)); /* validates the prefix */
+	if (rc < 0) {
+		SHADOW_LOGE("pipeline: bad key prefix");
+		goto fail;
+	}
+	snprintf(pl->key_prefix, sizeof(pl->key_prefix), "%s",
+		 cfg->key_prefix != NULL ? cfg->key_prefix : SHADOW_DEFAULT_KEY_PREFIX);
+	rc = shadow_codec_options_parse(cfg->save_scheme != NULL ? cfg->save_scheme :
+								   "bf16planes+zstd1",
+					&pl->save_opts);
+	if (rc < 0) {
+		SHADOW_LOGE("pipeline: save scheme '%s': %s", cfg->save_scheme, shadow_strerror(rc));
+		goto fail;
+	}
+
+	pl->n_fetch = cfg->fetch_threads;
+	pl->n_decode = cfg->decode_threads;
+	pl->n_save = cfg->save_threads;
+	pl->n_threads = pl->n_fetch + pl->n_decode + 1 + pl->n_save;
+	atomic_init(&pl->fetchers_alive, pl->n_fetch);
+	atomic_init(&pl->decoders_alive, pl->n_decode);
+	pl->threads = calloc(pl->n_threads, sizeof(*pl->threads));
+	if (pl->threads == NULL) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	for (uint32_t i = 0; i < pl->n_threads; i++) {
+		pl->threads[i].index = i;
+		pl->threads[i].epfd = -1;
+		pl->threads[i].bell.efd = -1;
+	}
+	rc = pool_carve(pl);
+	if (rc < 0)
+		goto fail;
+	pl->chunks = calloc(pl->n_rx, sizeof(*pl->chunks));
+	if (pl->chunks == NULL) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	/* Ring sizes (powers of two): every op, every frame of every chunk in flight, every
+	 * slot, every chunk: so no enqueue can find its ring full. */
+	rc = shadow__ring_create(&pl->ops, SHADOW__OPS_MAX);
+	if (rc == 0)
+		rc = shadow__ring_create(&pl->saves, SHADOW__OPS_MAX);
+	if (rc == 0)
+		rc = shadow__ring_create(&pl->decode, pow2_at_least(pl->n_rx * PL_FRAMES_MAX));
+	if (rc == 0)
+		rc = shadow__ring_create(&pl->copyq, pow2_at_least(pl->n_slots));
+	if (rc == 0)
+		rc = shadow__ring_create(&pl->free_chunks, pow2_at_least(pl->n_rx));
+	if (rc == 0)
+		rc = doorbell_init(&pl->decode_bell);
+	if (rc == 0)
+		rc = doorbell_init(&pl->copy_bell);
+	if (rc == 0)
+		rc = doorbell_init(&pl->save_bell);
+	if (rc < 0)
+		goto fail;
+	for (uint32_t i = 0; i < pl->n_rx; i++) {
+		void *rx;
+		pl->chunks[i].pl = pl;
+		if (shadow__pool_get(pl->rx_pool, NULL, &rx) < 0) {
+			rc = -ENOMEM;
+			goto fail;
+		}
+		pl->chunks[i].rx = rx;
+		void *obj = &pl->chunks[i];
+		shadow__ring_sp_enqueue_bulk(pl->free_chunks, &obj, 1);
+	}
+	for (uint32_t i = 0; i < pl->n_threads; i++) {
+		bool fetch = i < pl->n_fetch;
+		bool save = i >= pl->n_fetch + pl->n_decode + 1;
+		rc = thread_prepare(pl, &pl->threads[i], fetch, save);
+		if (rc < 0)
+			goto fail;
+	}
+	pl->cfg.store_url = NULL;
+	pl->cfg.cpus = NULL; /* likewise */
+	for (uint32_t i = 0; i < pl->n_threads; i++) {
+		struct pl_thread *t = &pl->threads[i];
+		int kind = i < pl->n_fetch ? 0 : i < pl->n_fetch + pl->n_decode ? 1 :
+			   i == pl->n_fetch + pl->n_decode ? 2 : 3;
+		rc = -pthread_create(&t->tid, NULL, thread_main[kind], t);
+		if (rc < 0)
+			goto fail;
+		t->started = true;
+		rc = thread_pin(t->tid, cfg->cpus);
+		if (rc < 0) {
+			SHADOW_LOGE("pipeline: cannot pin a thread to the CPU set: %s",
+				    shadow_strerror(rc));
+			goto fail;
+		}
+	}
+	SHADOW_LOGI("pipeline: %u receive buffers of %llu MiB, %u frame slots of %llu KiB, "
+		    "%u fetch / %u decode / %u save threads%s",
+		    pl->n_rx, (unsigned long long)(cfg->rx_nbytes >> 20), pl->n_slots,
+		    (unsigned long long)(cfg->slot_nbytes >> 10), pl->n_fetch, pl->n_decode,
+		    pl->n_save, cfg->pinned ? ", pinned" : "");
+	*pl_ret = pl;
+	return 0;
+fail:
+	shadow__pipeline_destroy(pl);
+	return rc;
+}
+
+void shadow__pipeline_destroy(struct shadow__pipeline *pl)
+{
+	if (pl == NULL)
+		return;
+	atomic_store_explicit(&pl->stopping, true, memory_order_release);
+	atomic_fetch_add_explicit(&pl->cancel_epoch, 1, memory_order_release);
+	/* Fetch threads first: they cancel what is in flight and drain the op ring. */
+	for (uint32_t i = 0; i < pl->n_fetch && pl->threads != NULL; i++) {
+		struct pl_thread *t = &pl->threads[i];
+		if (t->bell.efd >= 0)
+			doorbell_ring_all(&t->bell, 1);
+		if (t->started)
+			pthread_join(t->tid, NULL);
+		t->started = false;
+	}
+	if (pl->decode_bell.efd >= 0)
+		doorbell_ring_all(&pl->decode_bell, pl->n_decode + 1);
+	if (pl->copy_bell.efd >= 0)
+		doorbell_ring_all(&pl->copy_bell, 1);
+	if (pl->save_bell.efd >= 0)
+		doorbell_ring_all(&pl->save_bell, pl->n_save);
+	for (uint32_t i = 0; i < pl->n_threads && pl->threads != NULL; i++) {
+		struct pl_thread *t = &pl->threads[i];
+		if (t->started)
+			pthread_join(t->tid, NULL);
+		thread_fini(t);
+	}
+	/* Save ops never picked up: complete them. */
+	void *obj;
+	while (pl->saves != NULL && shadow__ring_mc_dequeue_bulk(pl->saves, &obj, 1) == 1) {
+		struct shadow__op *op = obj;
+		for (uint32_t i = 0; i < op->n_chunks; i++)
+			op_chunk_done(pl, op, i, SHADOW_CHUNK_CANCELED);
+	}
+	for (uint32_t i = 0; i < PL_REGIONS_MAX; i++) {
+		if (pl->regions[i].used)
+			pl->regions[i].ops->region_close(pl->regions[i].cr);
+	}
+	shadow__ring_free(pl->ops);
+	shadow__ring_free(pl->saves);
+	shadow__ring_free(pl->decode);
+	shadow__ring_free(pl->copyq);
+	shadow__ring_free(pl->free_chunks);
+	doorbell_fini(&pl->decode_bell);
+	doorbell_fini(&pl->copy_bell);
+	doorbell_fini(&pl->save_bell);
+	shadow__pool_free(pl->rx_pool);
+	shadow__pool_free(pl->slot_pool);
+	if (pl->mem != NULL)
+		shadow__copy_pool_free(pl->mem, pl->mem_nbytes, pl->cfg.pinned);
+	free(pl->chunks);
+	free(pl->threads);
+	pthread_mutex_destroy(&pl->regions_lock);
+	free(pl);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Regions                                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+int shadow__pipeline_region_add(struct shadow__pipeline *pl, const struct shadow__region_spec *spec,
+				uint32_t *id_ret)
+{
+	const struct shadow__copy_ops *ops = &shadow__copy_host_ops;
+	struct pl_region r = { 0 };
+	int rc;
+
+	if (pl == NULL || spec == NULL || id_ret == NULL)
+		return -EINVAL;
+	rc = shadow_layout_validate(&spec->layout, &spec->geom);
+	if (rc < 0)
+		return rc;
+	if (spec->mem.nbytes != spec->layout.region_nbytes)
+		return -EINVAL;
+	if (spec->mem.kind == SHADOW__COPY_CUDA) {
+		rc = shadow__copy_cuda_ops(&ops);
+		if (rc < 0)
+			return rc;
+	} else if (spec->mem.kind != SHADOW__COPY_HOST) {
+		return -EINVAL;
+	}
+	r.geom = spec->geom;
+	r.layout = spec->layout;
+	r.ops = ops;
+	r.bpc = spec->geom.chunk_tokens / spec->geom.block_tokens;
+	r.frame_nbytes = shadow_geometry_frame_nbytes(&spec->geom);
+	r.raw_nbytes = 2 * (uint64_t)spec->geom.n_layers * r.frame_nbytes;
+	/* The most runs a frame can need: every block on its own (block ids may repeat, so no
+	 * two blocks of a chunk are assumed adjacent). */
+	uint32_t *zeros = calloc(r.bpc, sizeof(*zeros));
+	size_t n_runs = 0;
+	if (zeros == NULL)
+		return -ENOMEM;
+	rc = shadow_layout_plan_frame(&r.layout, &r.geom, 0, SHADOW_KV_K, zeros, r.bpc, NULL, 0,
+				      &n_runs);
+	free(zeros);
+	if (rc < 0 && rc != -ENOBUFS)
+		return rc;
+	r.max_runs = (uint32_t)n_runs;
+	uint64_t need = ((r.frame_nbytes + PL_RUN_ALIGN - 1) & ~(uint64_t)(PL_RUN_ALIGN - 1)) +
+			(uint64_t)r.max_runs * sizeof(struct shadow_copy_run);
+	if (need > pl->cfg.slot_nbytes || r.raw_nbytes > pl->cfg.rx_nbytes ||
+	    (uint64_t)r.max_runs * sizeof(struct shadow_copy_run) > pl->cfg.rx_nbytes) {
+		SHADOW_LOGE("pipeline: region needs %llu-byte frame slots and %llu-byte chunk "
+			    "buffers (have %llu and %llu)", (unsigned long long)need,
+			    (unsigned long long)r.raw_nbytes,
+			    (unsigned long long)pl->cfg.slot_nbytes,
+			    (unsigned long long)pl->cfg.rx_nbytes);
+		return SHADOW_ELIMIT;
+	}
+	rc = ops->region_open(&spec->mem, &r.cr);
+	if (rc < 0)
+		return rc;
+
+	pthread_mutex_lock(&pl->regions_lock);
+	uint32_t id = 0;
+	while (id < PL_REGIONS_MAX && pl->regions[id].used)
+		id++;
+	if (id == PL_REGIONS_MAX) {
+		pthread_mutex_unlock(&pl->regions_lock);
+		ops->region_close(r.cr);
+		return SHADOW_ELIMIT;
+	}
+	r.used = true;
+	/* The threads read a region only through ops submitted after this unlock. */
+	struct pl_region *slot = &pl->regions[id];
+	slot->used = r.used;
+	slot->removing = false;
+	slot->bpc = r.bpc;
+	slot->max_runs = r.max_runs;
+	slot->frame_nbytes = r.frame_nbytes;
+	slot->raw_nbytes = r.raw_nbytes;
+	slot->geom = r.geom;
+	slot->layout = r.layout;
+	slot->ops = r.ops;
+	slot->cr = r.cr;
+	atomic_store_explicit(&slot->refs, 1, memory_order_release);
+	pthread_mutex_unlock(&pl->regions_lock);
+	*id_ret = id;
+	return 0;
+}
+
+int shadow__pipeline_region_remove(struct shadow__pipeline *pl, uint32_t id)
+{
+	struct pl_region *r;
+
+	if (pl == NULL || id >= PL_REGIONS_MAX)
+		return -ENOENT;
+	pthread_mutex_lock(&pl->regions_lock);
+	r = &pl->regions[id];
+	if (!r->used || r->removing) {
+		pthread_mutex_unlock(&pl->regions_lock);
+		return -ENOENT;
+	}
+	r->removing = true; /* submit refuses new ops on it from now on */
+	pthread_mutex_unlock(&pl->regions_lock);
+
+	/* Ops still on it finish; the caller (shadowd) cancels its client's ops first. */
+	while (atomic_load_explicit(&r->refs, memory_order_acquire) > 1)
+		shadow__sleep_ns(SHADOW_NS_PER_MS);
+	r->ops->region_close(r->cr);
+	for (uint32_t i = pl->n_fetch; i < pl->n_threads; i++) {
+		/* Codecs are per region and thread; the threads create them lazily and only
+		 * for regions that are in use, so it is safe to drop them here: no op on this
+		 * region is in flight. */
+		struct pl_thread *t = &pl->threads[i];
+		shadow_codec_free(t->codecs[id]);
+		t->codecs[id] = NULL;
+	}
+	pthread_mutex_lock(&pl->regions_lock);
+	r->used = false;
+	r->removing = false;
+	pthread_mutex_unlock(&pl->regions_lock);
+	return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Operations                                                                                 */
+/* ------------------------------------------------------------------------------------------ */
+
+int shadow__pipeline_submit(struct shadow__pipeline *pl, struct shadow__op *op)
+{
+	struct pl_region *r = NULL;
+
+	if (pl == NULL || op == NULL || op->on_done == NULL || op->keys == NULL ||
+	    op->n_chunks < 1 || op->n_chunks > SHADOW__OP_CHUNKS_MAX)
+		return -EINVAL;
+	if (op->kind != SHADOW__OP_LOOKUP) {
+		if ((op->kind != SHADOW__OP_FETCH && op->kind != SHADOW__OP_SAVE) ||
+		    op->block_ids == NULL || op->chunk_status == NULL)
+			return -EINVAL;
+		if (op->region >= PL_REGIONS_MAX)
+			return -ENOENT;
+		pthread_mutex_lock(&pl->regions_lock);
+		r = &pl->regions[op->region];
+		if (!r->used || r->removing) {
+			pthread_mutex_unlock(&pl->regions_lock);
+			return -ENOENT;
+		}
+		atomic_fetch_add_explicit(&r->refs, 1, memory_order_acq_rel);
+		pthread_mutex_unlock(&pl->regions_lock);
+		/* Every block id of every chunk must be a block of the region. */
+		for (uint64_t i = 0; i < (uint64_t)op->n_chunks * r->bpc; i++) {
+			if (op->block_ids[i] >= r->layout.n_blocks) {
+				region_put(r);
+				return -EINVAL;
+			}
+		}
+		if (op->first_chunk_index > UINT32_MAX - op->n_chunks) {
+			region_put(r);
+			return -EINVAL;
+		}
+	}
+	op->n_found = op->n_ok = 0;
+	op->bytes_in = op->bytes_out = 0;
+	op->status = 0;
+	atomic_store_explicit(&op->p.chunks_left, op->n_chunks, memory_order_relaxed);
+	atomic_store_explicit(&op->p.next_chunk, 0, memory_order_relaxed);
+	atomic_store_explicit(&op->p.cancelled, 0, memory_order_relaxed);
+	op->p.t_submit_ns = shadow__now_ns();
+
+	void *obj = op;
+	struct shadow__ring *ring = op->kind == SHADOW__OP_SAVE ? pl->saves : pl->ops;
+	/* release: the op's fields before the consumer reads them (the ring's own order). */
+	if (shadow__ring_mp_enqueue_bulk(ring, &obj, 1) != 1) {
+		if (r != NULL)
+			region_put(r);
+		return -EBUSY;
+	}
+	if (op->kind == SHADOW__OP_SAVE) {
+		doorbell_ring(&pl->save_bell);
+	} else {
+		for (uint32_t i = 0; i < pl->n_fetch; i++)
+			doorbell_ring(&pl->threads[i].bell);
+	}
+	return 0;
+}
+
+void shadow__pipeline_cancel(struct shadow__pipeline *pl, struct shadow__op *op)
+{
+	atomic_store_explicit(&op->p.cancelled, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&pl->cancel_epoch, 1, memory_order_release);
+	for (uint32_t i = 0; i < pl->n_fetch; i++)
+		doorbell_ring_all(&pl->threads[i].bell, 1);
+}
+
+void shadow__pipeline_stats(struct shadow__pipeline *pl, struct shadow__pipeline_stats *s)
+{
+	struct shadow__pool_stats ps;
+
+#define LD(i) atomic_load_explicit(&pl->st[i], memory_order_relaxed)
+	memset(s, 0, sizeof(*s));
+	s->ops_done = LD(ST_OPS);
+	s->chunks_ok = LD(ST_OK);
+	s->chunks_miss = LD(ST_MISS);
+	s->chunks_corrupt = LD(ST_CORRUPT);
+	s->chunks_timeout = LD(ST_TIMEOUT);
+	s->chunks_error = LD(ST_ERROR);
+	s->chunks_canceled = LD(ST_CANCELED);
+	s->bytes_in = LD(ST_BYTES_IN);
+	s->bytes_decoded = LD(ST_BYTES_DECODED);
+	s->bytes_saved = LD(ST_BYTES_SAVED);
+	s->ns_fetch = LD(ST_NS_FETCH);
+	s->ns_decode = LD(ST_NS_DECODE);
+	s->ns_copy = LD(ST_NS_COPY);
+	s->ns_save = LD(ST_NS_SAVE);
+#undef LD
+	s->rx_total = pl->n_rx;
+	s->rx_free = shadow__ring_count(pl->free_chunks);
+	shadow__pool_stats(pl->slot_pool, &ps);
+	s->slots_total = pl->n_slots;
+	s->slots_free = ps.n_available;
+}
