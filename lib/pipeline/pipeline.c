@@ -754,6 +754,43 @@ static void *decode_main(void *arg)
 /* Copy thread                                                                                */
 /* ------------------------------------------------------------------------------------------ */
 
+/*
+ * A thread's copy contexts, one per backend. The CUDA one is made on the first GPU region the
+ * thread meets, not before: a host-only daemon never initialises CUDA.
+ */
+struct pl_ctxs {
+	struct shadow__copy_ctx *host, *cuda;
+	const struct shadow__copy_ops *cuda_ops;
+};
+
+static void ctxs_init(struct pl_ctxs *x)
+{
+	memset(x, 0, sizeof(*x));
+	if (shadow__copy_host_ops.ctx_create(&x->host) < 0)
+		x->host = NULL;
+}
+
+/* The context for region r's backend, or NULL if it cannot be made (logged). */
+static struct shadow__copy_ctx *ctxs_for(struct pl_ctxs *x, const struct pl_region *r)
+{
+	if (r->ops == &shadow__copy_host_ops)
+		return x->host;
+	if (x->cuda == NULL) {
+		x->cuda_ops = r->ops;
+		if (x->cuda_ops->ctx_create(&x->cuda) < 0)
+			x->cuda = NULL;
+	}
+	return x->cuda;
+}
+
+static void ctxs_fini(struct pl_ctxs *x)
+{
+	if (x->host != NULL)
+		shadow__copy_host_ops.ctx_destroy(x->host);
+	if (x->cuda != NULL)
+		x->cuda_ops->ctx_destroy(x->cuda);
+}
+
 static bool copy_ready(void *arg)
 {
 	struct shadow__pipeline *pl = arg;
@@ -792,12 +829,9 @@ static void *copy_main(void *arg)
 {
 	struct pl_thread *t = arg;
 	struct shadow__pipeline *pl = t->pl;
-	const struct shadow__copy_ops *cuda = NULL;
-	struct shadow__copy_ctx *host_ctx = NULL, *cuda_ctx = NULL;
+	struct pl_ctxs x;
 
-	if (shadow__copy_host_ops.ctx_create(&host_ctx) < 0)
-		host_ctx = NULL;
-
+	ctxs_init(&x);
 	for (;;) {
 		void *obj;
 		bool did = false;
@@ -805,15 +839,7 @@ static void *copy_main(void *arg)
 		while (shadow__ring_sc_dequeue_bulk(pl->copyq, &obj, 1) == 1) {
 			struct pl_frame *f = obj;
 			struct pl_region *r = f->chunk->region;
-			bool is_cuda = r->ops != &shadow__copy_host_ops;
-			/* The CUDA context is made on the first GPU frame, not before: a host-only
-			 * daemon never initialises CUDA. */
-			if (is_cuda && cuda_ctx == NULL) {
-				cuda = r->ops;
-				if (cuda->ctx_create(&cuda_ctx) < 0)
-					cuda_ctx = NULL;
-			}
-			struct shadow__copy_ctx *ctx = is_cuda ? cuda_ctx : host_ctx;
+			struct shadow__copy_ctx *ctx = ctxs_for(&x, r);
 			const struct shadow__copy_ops *ops = r->ops;
 			struct shadow__copy_job job = {
 				.region = r->cr,
@@ -840,17 +866,17 @@ static void *copy_main(void *arg)
 			}
 			copy_reap(t, ops);
 		}
-		if (cuda_ctx != NULL) {
-			t->copy = cuda_ctx;
-			copy_reap(t, cuda);
+		if (x.cuda != NULL) {
+			t->copy = x.cuda;
+			copy_reap(t, x.cuda_ops);
 		}
-		if (host_ctx != NULL) {
-			t->copy = host_ctx;
+		if (x.host != NULL) {
+			t->copy = x.host;
 			copy_reap(t, &shadow__copy_host_ops);
 		}
 		if (did)
 			continue;
-		bool busy = cuda_ctx != NULL && cuda->in_flight(cuda_ctx) > 0;
+		bool busy = x.cuda != NULL && x.cuda_ops->in_flight(x.cuda) > 0;
 		if (atomic_load_explicit(&pl->stopping, memory_order_acquire) && !busy &&
 		    atomic_load_explicit(&pl->decoders_alive, memory_order_acquire) == 0 &&
 		    shadow__ring_count(pl->copyq) == 0)
@@ -861,10 +887,7 @@ static void *copy_main(void *arg)
 			doorbell_wait(&pl->copy_bell, copy_ready, pl, 100);
 	}
 	t->copy = NULL;
-	if (host_ctx != NULL)
-		shadow__copy_host_ops.ctx_destroy(host_ctx);
-	if (cuda_ctx != NULL)
-		cuda->ctx_destroy(cuda_ctx);
+	ctxs_fini(&x);
 	return NULL;
 }
 
@@ -971,22 +994,15 @@ static void *save_main(void *arg)
 {
 	struct pl_thread *t = arg;
 	struct shadow__pipeline *pl = t->pl;
-	const struct shadow__copy_ops *cuda = NULL;
-	struct shadow__copy_ctx *host_ctx = NULL, *cuda_ctx = NULL;
+	struct pl_ctxs x;
 
-	if (shadow__copy_host_ops.ctx_create(&host_ctx) < 0)
-		host_ctx = NULL;
+	ctxs_init(&x);
 	for (;;) {
 		void *obj;
 		if (shadow__ring_mc_dequeue_bulk(pl->saves, &obj, 1) == 1) {
 			struct shadow__op *op = obj;
 			struct pl_region *r = &pl->regions[op->region];
-			if (r->ops != &shadow__copy_host_ops && cuda_ctx == NULL) {
-				cuda = r->ops;
-				if (cuda->ctx_create(&cuda_ctx) < 0)
-					cuda_ctx = NULL;
-			}
-			t->copy = r->ops == &shadow__copy_host_ops ? host_ctx : cuda_ctx;
+			t->copy = ctxs_for(&x, r);
 			/* The op is the caller's again once its last chunk is done: n_chunks is
 			 * read before that. */
 			const uint32_t n = op->n_chunks;
@@ -1001,10 +1017,7 @@ static void *save_main(void *arg)
 		doorbell_wait(&pl->save_bell, save_ready, pl, -1);
 	}
 	t->copy = NULL;
-	if (host_ctx != NULL)
-		shadow__copy_host_ops.ctx_destroy(host_ctx);
-	if (cuda_ctx != NULL)
-		cuda->ctx_destroy(cuda_ctx);
+	ctxs_fini(&x);
 	return NULL;
 }
 
