@@ -17,6 +17,7 @@
  * full. No allocation, no syscall, no lock per job: a context belongs to one thread.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -66,6 +67,14 @@ static int host_region_open(const struct shadow__region_mem *mem,
 			    mem->fd, (unsigned long long)mem->fd_offset,
 			    (unsigned long long)mem->nbytes);
 		return -EINVAL;
+	}
+	/* A file that can shrink under the mapping would make a copy fault (SIGBUS) and kill
+	 * the daemon: only regions sealed against shrinking are taken. */
+	int seals = fcntl(mem->fd, F_GET_SEALS);
+	if (seals < 0 || !(seals & F_SEAL_SHRINK)) {
+		SHADOW_LOGE("host region: fd %d is not sealed against shrinking (F_SEAL_SHRINK)",
+			    mem->fd);
+		return -EPERM;
 	}
 	if (fstat(mem->fd, &st) != 0) {
 		err = errno;

@@ -87,16 +87,18 @@ int shadow__pipeline_region_add(struct shadow__pipeline *pl, const struct shadow
 				uint32_t *id_ret) SHADOW_INTERNAL;
 
 /*
- * Unregister: ops on the region still in flight are cancelled, and this returns once none
- * touches the region any more (its memory can then go). Any thread but a pipeline callback.
- * 0 or -ENOENT.
+ * Unregister: new ops on the region are refused at once; this blocks (sleeping in 1 ms steps)
+ * until the ops still on it have finished, then unmaps it, so its memory can go when it
+ * returns. It does not cancel them: cancel them first (a SAVE on a slow store otherwise holds
+ * it until its deadline). Any thread but a pipeline callback. 0 or -ENOENT.
  */
 int shadow__pipeline_region_remove(struct shadow__pipeline *pl, uint32_t id) SHADOW_INTERNAL;
 
 enum shadow__op_kind {
 	SHADOW__OP_FETCH = 1,  /* chunks from the store into the region's blocks */
 	SHADOW__OP_SAVE = 2,   /* the region's blocks into the store */
-	SHADOW__OP_LOOKUP = 3, /* how many leading chunks the store has */
+	SHADOW__OP_LOOKUP = 3, /* how many leading chunks the store has (of the first
+				  SHADOW_STORE_EXISTS_MAX keys: a longer op asks about those) */
 };
 
 /*
@@ -139,11 +141,16 @@ struct shadow__op {
 /*
  * Submit `op` (any thread). Returns 0 (on_done will be called exactly once, from a pipeline
  * thread, possibly before this returns), -EINVAL (malformed op: nothing is called back),
- * -ENOENT (no such region), -EBUSY (the op ring is full: SHADOW__OPS_MAX ops in flight).
+ * -ENOENT (no such region), -EBUSY (the op's ring is full: SHADOW__OPS_MAX fetch and lookup
+ * ops, or SHADOW__OPS_MAX saves, are waiting for a thread).
  */
 int shadow__pipeline_submit(struct shadow__pipeline *pl, struct shadow__op *op) SHADOW_INTERNAL;
 
-/* Ask an op in flight to finish early: chunks not yet done report SHADOW_CHUNK_CANCELED. */
+/*
+ * Ask an op in flight to finish early: chunks not yet done report SHADOW_CHUNK_CANCELED. Any
+ * thread. Harmless on an op that has already completed, as long as its memory is still
+ * valid (it only sets a flag in the op and wakes the fetch threads).
+ */
 void shadow__pipeline_cancel(struct shadow__pipeline *pl, struct shadow__op *op) SHADOW_INTERNAL;
 
 #define SHADOW__OPS_MAX 1024u

@@ -17,6 +17,7 @@
  * result for the same plan.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <setjmp.h>
 #include <spawn.h>
 #include <stdarg.h>
@@ -223,9 +224,10 @@ static void read_frames(const struct shadow__copy_ops *ops, struct shadow__copy_
 static int memfd_region(uint64_t pre, uint64_t region_nbytes, uint64_t *file_nbytes_ret)
 {
 	uint64_t file_nbytes = pre + region_nbytes + (uint64_t)sysconf(_SC_PAGESIZE);
-	int fd = memfd_create("test_copy", MFD_CLOEXEC);
+	int fd = memfd_create("test_copy", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	assert_true(fd >= 0);
 	assert_int_equal(ftruncate(fd, (off_t)file_nbytes), 0);
+	assert_int_equal(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK), 0); /* region_open insists */
 	uint8_t *fill = malloc(file_nbytes);
 	assert_non_null(fill);
 	memset(fill, FILL, file_nbytes);
@@ -435,10 +437,17 @@ static void test_host_bad_regions(void **state)
 	assert_int_equal(ops->region_open(&mem, &r), -EINVAL);
 	int pipefd[2];
 	assert_int_equal(pipe(pipefd), 0);
-	mem = host_mem(pipefd[0], 0, page); /* a pipe has no bytes to map */
-	assert_int_equal(ops->region_open(&mem, &r), -EINVAL);
+	mem = host_mem(pipefd[0], 0, page); /* a pipe has no bytes to map (nor seals) */
+	assert_true(ops->region_open(&mem, &r) < 0);
 	close(pipefd[0]);
 	close(pipefd[1]);
+	/* A file that could shrink under the mapping is refused. */
+	int unsealed = memfd_create("unsealed", MFD_CLOEXEC);
+	assert_true(unsealed >= 0);
+	assert_int_equal(ftruncate(unsealed, (off_t)page), 0);
+	mem = host_mem(unsealed, 0, page);
+	assert_int_equal(ops->region_open(&mem, &r), -EPERM);
+	close(unsealed);
 	assert_null(r);
 
 	/* The exact end of the file is fine. */

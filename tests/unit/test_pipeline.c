@@ -6,6 +6,7 @@
  * values, deadlines, cancel, region removal, and destroy with work in flight.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -68,9 +69,10 @@ static void region_make(struct fixture *f, struct region *r, enum shadow_layout_
 			  f->geom.n_kv_heads * f->geom.head_dim * 2;
 
 	memset(r, 0, sizeof(*r));
-	r->fd = memfd_create("test-region", MFD_CLOEXEC);
+	r->fd = memfd_create("test-region", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	assert_true(r->fd >= 0);
 	assert_int_equal(ftruncate(r->fd, (off_t)nbytes), 0);
+	assert_int_equal(fcntl(r->fd, F_ADD_SEALS, F_SEAL_SHRINK), 0);
 	r->map = mmap(NULL, nbytes, PROT_READ | PROT_WRITE, MAP_SHARED, r->fd, 0);
 	assert_true(r->map != MAP_FAILED);
 	r->spec.geom = f->geom;
