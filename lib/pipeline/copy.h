@@ -81,6 +81,13 @@ struct shadow__copy_ops {
 	 */
 	int (*submit)(struct shadow__copy_ctx *ctx, const struct shadow__copy_job *job);
 	/*
+	 * Start what submit() has queued: a backend may hold submitted jobs to issue many in one
+	 * call (cuda: one batched copy for a burst of frames). Call it after each burst of
+	 * submits, and before waiting on reap(): a job not flushed never completes. 0, or the
+	 * error every job of the flushed group then reports at reap().
+	 */
+	int (*flush)(struct shadow__copy_ctx *ctx);
+	/*
 	 * Finished jobs, oldest first: up to `max` of their `user` pointers and statuses (0 or a
 	 * negative code). Never blocks. Returns how many.
 	 */

@@ -187,6 +187,13 @@ static uint32_t host_reap(struct shadow__copy_ctx *ctx, void **users, int *statu
 	return n;
 }
 
+/* Host copies happen in submit: nothing is ever queued. */
+static int host_flush(struct shadow__copy_ctx *ctx)
+{
+	(void)ctx;
+	return 0;
+}
+
 static uint32_t host_in_flight(const struct shadow__copy_ctx *ctx)
 {
 	return ctx->tail - ctx->head;
@@ -217,6 +224,7 @@ const struct shadow__copy_ops shadow__copy_host_ops = {
 	.ctx_create = host_ctx_create,
 	.ctx_destroy = host_ctx_destroy,
 	.submit = host_submit,
+	.flush = host_flush,
 	.reap = host_reap,
 	.in_flight = host_in_flight,
 	.read = host_read,

@@ -858,14 +858,18 @@ static void *copy_main(void *arg)
 			}
 			f->t_copy_ns = shadow__now_ns();
 			t->copy = ctx;
-			while ((rc = ops->submit(ctx, &job)) == -EAGAIN)
+			while ((rc = ops->submit(ctx, &job)) == -EAGAIN) {
+				(void)ops->flush(ctx); /* its errors come back through reap */
 				copy_reap(t, ops);
+			}
 			if (rc < 0) {
 				chunk_fail(f->chunk, SHADOW_CHUNK_ERROR);
 				frame_drop(pl, f);
 			}
-			copy_reap(t, ops);
 		}
+		/* The burst is queued: one flush issues it (one batched copy on a GPU). */
+		if (x.cuda != NULL)
+			(void)x.cuda_ops->flush(x.cuda);
 		if (x.cuda != NULL) {
 			t->copy = x.cuda;
 			copy_reap(t, x.cuda_ops);

@@ -174,6 +174,7 @@ static void reap_all(const struct shadow__copy_ops *ops, struct shadow__copy_ctx
 	uint64_t deadline = shadow__now_ns() + (uint64_t)REAP_TIMEOUT_S * 1000000000u;
 	uint32_t got = 0;
 
+	assert_int_equal(ops->flush(ctx), 0); /* queued jobs complete only once flushed */
 	while (got < n) {
 		void *users[3];
 		int statuses[3];

@@ -24,6 +24,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cuda_runtime_api.h>
@@ -253,13 +254,23 @@ static cudaError_t cuda_batch_call(cudaStream_t stream, void *const *dsts, const
 {
 	/* One attribute set for every copy: sources are read in stream order (they are slots
 	 * the caller recycles only after the job's event), no location hints (plain pinned and
-	 * device memory ignore them). */
+	 * device memory ignore them), and PreferOverlapWithCompute: the driver is asked to keep
+	 * the copies off the SMs (copy engines), which are the engine's. SHADOW_CUDA_BATCH_FLAGS
+	 * (0 or 1, read once) overrides the flag, to measure the difference. */
+	static _Atomic int flags = -1; /* relaxed: racing first callers compute the same value */
 	struct cudaMemcpyAttributes attr;
 	size_t attr_idx = 0;
+	int f = atomic_load_explicit(&flags, memory_order_relaxed);
 
+	if (f < 0) {
+		const char *e = getenv("SHADOW_CUDA_BATCH_FLAGS");
+		f = e != NULL && e[0] == '0' ? cudaMemcpyFlagDefault :
+					       cudaMemcpyFlagPreferOverlapWithCompute;
+		atomic_store_explicit(&flags, f, memory_order_relaxed);
+	}
 	memset(&attr, 0, sizeof(attr));
 	attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
-	attr.flags = cudaMemcpyFlagDefault;
+	attr.flags = (unsigned int)f;
 #if CUDART_VERSION >= 13000
 	return cudaMemcpyBatchAsync(dsts, srcs, sizes, count, &attr, &attr_idx, 1, stream);
 #elif CUDART_VERSION >= 12090
