@@ -1,8 +1,8 @@
 #!/bin/sh
 # bench.sh BUILD_DIR - run every benchmark with its default arguments. Benchmarks print figures
 # (with a reference measured in the same run); they never pass or fail on speed. CSV copies go
-# to BUILD_DIR/bench/results/. The programs: bench_codec, bench_kernels, and bench_store (it
-# starts its own redis-server, or skips the Redis part without one).
+# to BUILD_DIR/bench/results/. The programs: bench_codec, bench_kernels, bench_store and
+# bench_pipeline (both start their own redis-server, or skip the Redis part without one).
 set -eu
 build=$1
 out="$build/bench/results"

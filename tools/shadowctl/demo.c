@@ -1,5 +1,5 @@
 /*
- * demo.c - `shadowctl demo`, what `make demo` runs: the end-to-end path that exists so far.
+ * demo.c - `shadowctl demo`, what `make demo` runs: the end-to-end path.
  *
  * Today that is
  *  1. prefix matching by chunk key: two requests share a real document's first tokens (the
@@ -10,8 +10,10 @@
  *     frame into a paged KV region, and checked against the original: bit-exact for the
  *     lossless scheme, attention-output error for the lossy ones. This is bench/codec with
  *     three schemes and one timed pass each.
- * Each stage the project adds (store, data plane) joins this demo when it lands; it never
- * prints canned output.
+ *  3. the data plane (demo_dataplane.c): shadowd started on a private socket with a store,
+ *     and the client API saving the real KV, looking it up and fetching it into another
+ *     paged region, verified bit-exact, with goodput, wire ratio and per-stage times.
+ * It never prints canned output.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -132,5 +134,9 @@ int shadowctl_demo(int argc, char **argv)
 		"shadowctl demo", "--schemes", "bf16planes+zstd1,pca-s0.09+zstd1,pca-s0.3+zstd1",
 		"--min-time", "0", "--no-reference", NULL,
 	};
-	return shadow_bench_codec_main(6, bench_argv);
+	err = shadow_bench_codec_main(6, bench_argv);
+	if (err != 0)
+		return err;
+	fflush(stdout);
+	return shadowctl_demo_dataplane();
 }

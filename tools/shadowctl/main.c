@@ -7,6 +7,7 @@
  *   shadowctl calibrate [options] -o OUT DUMP   make a PCA transform file from a KV dump
  *   shadowctl bench codec [ARGS]                the codec benchmark (bench_codec --help)
  *   shadowctl bench store [ARGS]                the store benchmark (bench_store --help)
+ *   shadowctl bench pipeline [ARGS]             the pipeline benchmark (bench_pipeline --help)
  *   shadowctl cpu                               CPU features the data plane will use
  *   shadowctl gpu                               whether the CUDA module and a GPU are usable
  *   shadowctl demo                              the end-to-end demo (`make demo`)
@@ -26,6 +27,7 @@
 #include "codec_bench.h"
 #include "core/cpu.h"
 #include "kvdump.h"
+#include "pipeline_bench.h"
 #include "shadowctl.h"
 #include "store_bench.h"
 
@@ -41,6 +43,7 @@ static int usage(FILE *out)
 		"                                    make a PCA transform file from a KV dump\n"
 		"  bench codec [ARGS]                codec benchmark (see bench_codec --help)\n"
 		"  bench store [ARGS]                store benchmark (see bench_store --help)\n"
+		"  bench pipeline [ARGS]             pipeline benchmark (see bench_pipeline --help)\n"
 		"  cpu                               CPU features used by the codecs\n"
 		"  gpu                               probe the CUDA module and GPUs\n"
 		"  demo                              run the end-to-end demo\n");
@@ -368,7 +371,9 @@ static int cmd_bench(int argc, char **argv)
 		return shadow_bench_codec_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "store") == 0)
 		return shadow_bench_store_main(argc - 1, argv + 1);
-	fprintf(stderr, "shadowctl: bench: expected 'codec' or 'store'\n");
+	if (argc >= 2 && strcmp(argv[1], "pipeline") == 0)
+		return shadow_bench_pipeline_main(argc - 1, argv + 1);
+	fprintf(stderr, "shadowctl: bench: expected 'codec', 'store' or 'pipeline'\n");
 	return 2;
 }
 

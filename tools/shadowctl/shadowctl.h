@@ -7,6 +7,8 @@
 
 /* Each subcommand gets argv without the program name (argv[0] is the subcommand). */
 int shadowctl_demo(int argc, char **argv);
+/* The data-plane stage of the demo (demo_dataplane.c): 0 on success, 1 on failure. */
+int shadowctl_demo_dataplane(void);
 
 /*
  * Read a file of little-endian uint32 token ids into a malloc()ed array. Returns 0 or -errno;
