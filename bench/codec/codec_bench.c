@@ -192,26 +192,9 @@ static int add_scheme(struct options *o, const char *name, size_t len)
 	return 0;
 }
 
-/* Split a comma list; a piece that starts with a digit belongs to the previous name. */
-static int parse_scheme_list(struct options *o, const char *list)
+static int add_scheme_cb(void *ctx, const char *name, size_t len)
 {
-	const char *p = list;
-
-	while (*p != '\0') {
-		const char *end = p;
-		while (*end != '\0') {
-			end += strcspn(end, ",");
-			if (*end == ',' && end[1] >= '0' && end[1] <= '9') {
-				end++;
-				continue;
-			}
-			break;
-		}
-		if (end > p && add_scheme(o, p, (size_t)(end - p)) < 0)
-			return -ENOMEM;
-		p = *end == ',' ? end + 1 : end;
-	}
-	return 0;
+	return add_scheme(ctx, name, len);
 }
 
 static void free_options(struct options *o)
@@ -301,7 +284,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		}
 	}
 	if (schemes != NULL) {
-		if (parse_scheme_list(o, schemes) < 0)
+		if (bench_split_schemes(schemes, add_scheme_cb, o) < 0)
 			return 1;
 	} else {
 		const char *const *list = o->quick ? quick_schemes : default_schemes;

@@ -136,3 +136,51 @@ const char *bench_opt_value(int argc, char **argv, int *i, const char *name, boo
 	}
 	return argv[++*i];
 }
+
+int bench_parse_u32_list(const char *s, uint32_t lo, uint32_t hi, uint32_t *out, uint32_t max,
+			 uint32_t *n_ret)
+{
+	uint32_t n = 0;
+
+	while (*s != '\0') {
+		char *end;
+		unsigned long v;
+
+		if (*s < '0' || *s > '9' || n == max)
+			return -EINVAL;
+		v = strtoul(s, &end, 10);
+		if (v < lo || v > hi || (*end != ',' && *end != '\0'))
+			return -EINVAL;
+		out[n++] = (uint32_t)v;
+		s = *end == ',' ? end + 1 : end;
+	}
+	if (n == 0)
+		return -EINVAL;
+	*n_ret = n;
+	return 0;
+}
+
+int bench_split_schemes(const char *list, int (*add)(void *ctx, const char *name, size_t len),
+			void *ctx)
+{
+	const char *p = list;
+
+	while (*p != '\0') {
+		const char *end = p;
+		while (*end != '\0') {
+			end += strcspn(end, ",");
+			if (*end == ',' && end[1] >= '0' && end[1] <= '9') {
+				end++;
+				continue;
+			}
+			break;
+		}
+		if (end > p) {
+			int rc = add(ctx, p, (size_t)(end - p));
+			if (rc < 0)
+				return rc;
+		}
+		p = *end == ',' ? end + 1 : end;
+	}
+	return 0;
+}

@@ -52,4 +52,16 @@ int bench_file_exists(const char *path);
  */
 const char *bench_opt_value(int argc, char **argv, int *i, const char *name, bool *missing);
 
+/* A comma list of numbers in [lo, hi], at most max of them, into out[]. 0 or -EINVAL. */
+int bench_parse_u32_list(const char *s, uint32_t lo, uint32_t hi, uint32_t *out, uint32_t max,
+			 uint32_t *n_ret);
+
+/*
+ * Split a comma list of codec scheme names, calling add(ctx, name, len) for each; a piece that
+ * starts with a digit belongs to the previous name ("bits4-g64,8+zstd1" is one name). Returns
+ * 0 or the first negative value add returned.
+ */
+int bench_split_schemes(const char *list, int (*add)(void *ctx, const char *name, size_t len),
+			void *ctx);
+
 #endif /* SHADOW_BENCH_UTIL_H */

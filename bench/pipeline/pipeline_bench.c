@@ -345,30 +345,9 @@ static int add_scheme(struct options *o, const char *name, size_t len)
 	return 0;
 }
 
-/* Split a comma list; a piece that starts with a digit belongs to the previous name (as
- * bench/codec reads --schemes). */
-static int parse_scheme_list(struct options *o, const char *list)
+static int add_scheme_cb(void *ctx, const char *name, size_t len)
 {
-	const char *p = list;
-
-	while (*p != '\0') {
-		const char *end = p;
-		while (*end != '\0') {
-			end += strcspn(end, ",");
-			if (*end == ',' && end[1] >= '0' && end[1] <= '9') {
-				end++;
-				continue;
-			}
-			break;
-		}
-		if (end > p) {
-			int rc = add_scheme(o, p, (size_t)(end - p));
-			if (rc < 0)
-				return rc;
-		}
-		p = *end == ',' ? end + 1 : end;
-	}
-	return 0;
+	return add_scheme(ctx, name, len);
 }
 
 static void free_options(struct options *o)
@@ -381,29 +360,6 @@ static void free_options(struct options *o)
 	o->paths = NULL;
 }
 
-/* A comma list of numbers in [lo, hi], at most max of them. 0 or -EINVAL. */
-static int parse_u32_list(const char *s, uint32_t lo, uint32_t hi, uint32_t *out, uint32_t max,
-			  uint32_t *n_ret)
-{
-	uint32_t n = 0;
-
-	while (*s != '\0') {
-		char *end;
-		unsigned long v;
-
-		if (*s < '0' || *s > '9' || n == max)
-			return -EINVAL;
-		v = strtoul(s, &end, 10);
-		if (v < lo || v > hi || (*end != ',' && *end != '\0'))
-			return -EINVAL;
-		out[n++] = (uint32_t)v;
-		s = *end == ',' ? end + 1 : end;
-	}
-	if (n == 0)
-		return -EINVAL;
-	*n_ret = n;
-	return 0;
-}
 
 /* "1-7,9,12-13" into a CPU set. 0 or -EINVAL (also for an empty set). */
 static int parse_cpu_list(const char *s, cpu_set_t *set)
@@ -534,7 +490,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		} else if ((v = bench_opt_value(argc, argv, &i, "--schemes", &missing)) != NULL) {
 			schemes = v;
 		} else if ((v = bench_opt_value(argc, argv, &i, "--threads", &missing)) != NULL) {
-			if (parse_u32_list(v, 1, 64, o->threads, THREADS_LIST_MAX, &o->n_threads) <
+			if (bench_parse_u32_list(v, 1, 64, o->threads, THREADS_LIST_MAX, &o->n_threads) <
 			    0) {
 				fprintf(stderr, "%s: --threads %s: want up to %u counts of 1..64\n",
 					o->prog, v, THREADS_LIST_MAX);
@@ -682,7 +638,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 	}
 	int rc = 0;
 	if (schemes != NULL) {
-		rc = parse_scheme_list(o, schemes);
+		rc = bench_split_schemes(schemes, add_scheme_cb, o);
 	} else {
 		for (size_t k = 0; k < SHADOW_ARRAY_SIZE(default_schemes) && rc == 0; k++)
 			rc = add_scheme(o, default_schemes[k], strlen(default_schemes[k]));

@@ -249,31 +249,6 @@ static void usage(FILE *out, const char *prog)
 		prog, CONNS_MAX, DEFAULT_MIN_TIME, QUICK_MIN_TIME, DEFAULT_MALLOC_CONF);
 }
 
-
-/* A comma list of numbers in [lo, hi], at most max of them. 0 or -EINVAL. */
-static int parse_u32_list(const char *s, uint32_t lo, uint32_t hi, uint32_t *out, uint32_t max,
-			  uint32_t *n_ret)
-{
-	uint32_t n = 0;
-
-	while (*s != '\0') {
-		char *end;
-		unsigned long v;
-
-		if (*s < '0' || *s > '9' || n == max)
-			return -EINVAL;
-		v = strtoul(s, &end, 10);
-		if (v < lo || v > hi || (*end != ',' && *end != '\0'))
-			return -EINVAL;
-		out[n++] = (uint32_t)v;
-		s = *end == ',' ? end + 1 : end;
-	}
-	if (n == 0)
-		return -EINVAL;
-	*n_ret = n;
-	return 0;
-}
-
 static int parse_clients(const char *s, bool *clients)
 {
 	memset(clients, 0, CL_COUNT * sizeof(bool));
@@ -326,14 +301,14 @@ static int parse_args(int argc, char **argv, struct options *o)
 		} else if (strcmp(a, "--no-redis") == 0) {
 			o->clients[CL_SHADOW] = o->clients[CL_HIREDIS] = false;
 		} else if ((v = bench_opt_value(argc, argv, &i, "--sizes", &missing)) != NULL) {
-			if (parse_u32_list(v, 1, 1024, o->sizes_mib, SIZES_MAX, &o->n_sizes) < 0) {
+			if (bench_parse_u32_list(v, 1, 1024, o->sizes_mib, SIZES_MAX, &o->n_sizes) < 0) {
 				fprintf(stderr, "%s: --sizes %s: want up to %u sizes of 1..1024 MiB\n",
 					o->prog, v, SIZES_MAX);
 				return 2;
 			}
 			sizes_set = true;
 		} else if ((v = bench_opt_value(argc, argv, &i, "--connections", &missing)) != NULL) {
-			if (parse_u32_list(v, 1, CONNS_MAX, o->conns, CONNS_LIST_MAX, &o->n_conns) <
+			if (bench_parse_u32_list(v, 1, CONNS_MAX, o->conns, CONNS_LIST_MAX, &o->n_conns) <
 			    0) {
 				fprintf(stderr, "%s: --connections %s: want up to %u counts of 1..%u\n",
 					o->prog, v, CONNS_LIST_MAX, CONNS_MAX);
