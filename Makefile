@@ -49,11 +49,15 @@ asan: deps
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	      UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 $(CTEST)
 
+# The benchmarks' smoke runs are left out of TSan: there they run 20-50x slower (minutes each
+# on two cores) and only repeat what test_pipeline and test_shadowd exercise with threads;
+# ASan runs them.
 tsan: deps
 	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHADOW_TESTING=ON \
 	      -DSHADOW_CUDA=OFF -DSHADOW_SANITIZE=thread -DSHADOW_WERROR=$(WERROR)
 	cmake --build build-tsan -j$(JOBS)
-	cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 $(NOASLR) $(CTEST)
+	cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 $(NOASLR) \
+	      $(CTEST) -LE bench-smoke
 
 sanitize: asan tsan
 
