@@ -1,8 +1,10 @@
 /*
  * bench_util.c - clock, CPU pinning, CPU model and file helpers for the benchmarks.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -181,6 +183,49 @@ int bench_split_schemes(const char *list, int (*add)(void *ctx, const char *name
 				return rc;
 		}
 		p = *end == ',' ? end + 1 : end;
+	}
+	return 0;
+}
+
+int bench_pin_process(pid_t pid, const cpu_set_t *set)
+{
+	char path[64];
+	struct dirent *de;
+	DIR *d;
+	int err = 0, n = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	d = opendir(path);
+	if (d == NULL)
+		return -errno;
+	while ((de = readdir(d)) != NULL) {
+		pid_t tid = (pid_t)atoi(de->d_name);
+		if (tid <= 0)
+			continue;
+		if (sched_setaffinity(tid, sizeof(*set), set) != 0 && err == 0)
+			err = -errno;
+		n++;
+	}
+	closedir(d);
+	return err != 0 ? err : n > 0 ? 0 : -ESRCH;
+}
+
+int bench_parse_name_set(const char *s, const char *const *names, int n, bool *set)
+{
+	memset(set, 0, (size_t)n * sizeof(*set));
+	while (*s != '\0') {
+		size_t len = strcspn(s, ",");
+		int k;
+
+		for (k = 0; k < n; k++)
+			if (strlen(names[k]) == len && strncmp(s, names[k], len) == 0)
+				break;
+		if (k == n)
+			return -EINVAL;
+		set[k] = true;
+		s += len;
+		if (*s == ',')
+			s++;
 	}
 	return 0;
 }

@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t bench_now_ns(void);
@@ -51,6 +52,18 @@ int bench_file_exists(const char *path);
  * option is there but its value is not.
  */
 const char *bench_opt_value(int argc, char **argv, int *i, const char *name, bool *missing);
+
+/*
+ * Pin every thread of process `pid` (its /proc/PID/task entries) to `set`: a server started for
+ * a benchmark, kept off the benchmark's CPUs. 0, -ESRCH (no threads) or the first -errno.
+ */
+int bench_pin_process(pid_t pid, const cpu_set_t *set);
+
+/*
+ * A comma list of names, each one of names[0 .. n-1]: set[i] is true for those given, false
+ * for the others. 0 or -EINVAL (an unknown name).
+ */
+int bench_parse_name_set(const char *s, const char *const *names, int n, bool *set);
 
 /* A comma list of numbers in [lo, hi], at most max of them, into out[]. 0 or -EINVAL. */
 int bench_parse_u32_list(const char *s, uint32_t lo, uint32_t hi, uint32_t *out, uint32_t max,

@@ -128,7 +128,7 @@
 #define KEY_MODEL_ID "bench-pipeline"
 #define KEY_PREFIX "bench-pipeline"
 /* As bench/store: jemalloc keeps freed pages, so replies are not built in fresh ones. */
-#define DEFAULT_MALLOC_CONF "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+#define DEFAULT_MALLOC_CONF SHADOW_TEST_REDIS_MALLOC_CONF
 
 /*
  * Schemes run by default: the lossless default, int8, and PCA at about 3% attention error
@@ -408,25 +408,6 @@ static void cpu_set_text(const cpu_set_t *set, char *buf, size_t nbytes)
 	}
 }
 
-static int parse_stores(const char *s, bool *stores)
-{
-	memset(stores, 0, ST_COUNT * sizeof(bool));
-	while (*s != '\0') {
-		size_t len = strcspn(s, ",");
-		int k;
-
-		for (k = 0; k < ST_COUNT; k++)
-			if (strlen(store_names[k]) == len && strncmp(s, store_names[k], len) == 0)
-				break;
-		if (k == ST_COUNT)
-			return -EINVAL;
-		stores[k] = true;
-		s += len;
-		if (*s == ',')
-			s++;
-	}
-	return 0;
-}
 
 static int parse_seconds(const char *prog, const char *name, const char *v, double lo, double *out)
 {
@@ -586,7 +567,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 			}
 			o->cpus_set = true;
 		} else if ((v = bench_opt_value(argc, argv, &i, "--stores", &missing)) != NULL) {
-			if (parse_stores(v, o->stores) < 0) {
+			if (bench_parse_name_set(v, store_names, ST_COUNT, o->stores) < 0) {
 				fprintf(stderr, "%s: --stores %s: want names of mem, redis\n", o->prog,
 					v);
 				return 2;
@@ -684,29 +665,6 @@ static int pin_self(int cpu)
 	return -pthread_setaffinity_np(pthread_self(), sizeof(one), &one);
 }
 
-/* Set the affinity of every thread of `pid` (its /proc/PID/task entries). 0 or -errno. */
-static int pin_process(pid_t pid, const cpu_set_t *set)
-{
-	char path[64];
-	struct dirent *de;
-	DIR *d;
-	int err = 0, n = 0;
-
-	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
-	d = opendir(path);
-	if (d == NULL)
-		return -errno;
-	while ((de = readdir(d)) != NULL) {
-		pid_t tid = (pid_t)atoi(de->d_name);
-		if (tid <= 0)
-			continue;
-		if (sched_setaffinity(tid, sizeof(*set), set) != 0 && err == 0)
-			err = -errno;
-		n++;
-	}
-	closedir(d);
-	return err != 0 ? err : n > 0 ? 0 : -ESRCH;
-}
 
 /* Resident bytes of this process outside shared memory (VmRSS - RssShmem); 0 if unknown. */
 static uint64_t rss_private_nbytes(void)
@@ -2223,23 +2181,11 @@ static int run_scheme(struct bench *b, enum store_kind kind, uint32_t idx, const
 /* Start the server with o->malloc_conf in its environment (ours is restored after). */
 static int redis_start(const struct options *o, struct shadow_test_redis **server_ret)
 {
-	const char *old = getenv("MALLOC_CONF");
-	char *saved = old != NULL ? strdup(old) : NULL;
-	int rc;
+	struct shadow_test_redis_options ro = {
+		.malloc_conf = o->malloc_conf[0] != '\0' ? o->malloc_conf : NULL,
+	};
 
-	if (old != NULL && saved == NULL)
-		return -ENOMEM;
-	if (o->malloc_conf[0] != '\0' && setenv("MALLOC_CONF", o->malloc_conf, 1) != 0) {
-		free(saved);
-		return -errno;
-	}
-	rc = shadow_test_redis_start(NULL, server_ret);
-	if (saved != NULL)
-		setenv("MALLOC_CONF", saved, 1);
-	else
-		unsetenv("MALLOC_CONF");
-	free(saved);
-	return rc;
+	return shadow_test_redis_start(&ro, server_ret);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -2551,7 +2497,7 @@ int shadow_bench_pipeline_main(int argc, char **argv)
 		if (b.redis_cpu >= 0) {
 			CPU_ZERO(&one);
 			CPU_SET(b.redis_cpu, &one);
-			rc = pin_process(shadow_test_redis_pid(b.server), &one);
+			rc = bench_pin_process(shadow_test_redis_pid(b.server), &one);
 			if (rc < 0)
 				printf("cannot pin it: %s\n", strerror(-rc));
 			else

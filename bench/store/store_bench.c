@@ -85,7 +85,7 @@
  * faults are slow (the dev VM: ~20 us each) that alone held a 16 MiB GET to ~75 ms, whatever
  * the client; keeping freed pages brought it to ~6 ms (measured with a raw socket client).
  */
-#define DEFAULT_MALLOC_CONF "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+#define DEFAULT_MALLOC_CONF SHADOW_TEST_REDIS_MALLOC_CONF
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 static const uint32_t default_sizes_mib[] = { 1, 4, 16, 64 };
@@ -249,25 +249,6 @@ static void usage(FILE *out, const char *prog)
 		prog, CONNS_MAX, DEFAULT_MIN_TIME, QUICK_MIN_TIME, DEFAULT_MALLOC_CONF);
 }
 
-static int parse_clients(const char *s, bool *clients)
-{
-	memset(clients, 0, CL_COUNT * sizeof(bool));
-	while (*s != '\0') {
-		size_t len = strcspn(s, ",");
-		int c;
-
-		for (c = 0; c < CL_COUNT; c++)
-			if (strlen(client_names[c]) == len && strncmp(s, client_names[c], len) == 0)
-				break;
-		if (c == CL_COUNT)
-			return -EINVAL;
-		clients[c] = true;
-		s += len;
-		if (*s == ',')
-			s++;
-	}
-	return 0;
-}
 
 /* Returns 0, 2 (usage error) or -1 (done: --help). */
 static int parse_args(int argc, char **argv, struct options *o)
@@ -316,7 +297,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 			}
 			conns_set = true;
 		} else if ((v = bench_opt_value(argc, argv, &i, "--clients", &missing)) != NULL) {
-			if (parse_clients(v, o->clients) < 0) {
+			if (bench_parse_name_set(v, client_names, CL_COUNT, o->clients) < 0) {
 				fprintf(stderr, "%s: --clients %s: want names of shadow, hiredis, mem, "
 						"file\n", o->prog, v);
 				return 2;
@@ -1332,56 +1313,21 @@ static void run_local(struct bench *b)
 /* The redis-server                                                                           */
 /* ------------------------------------------------------------------------------------------ */
 
-/* Set the affinity of every thread of `pid` (its /proc/PID/task entries). 0 or -errno. */
-static int pin_process(pid_t pid, const cpu_set_t *set)
-{
-	char path[64];
-	struct dirent *de;
-	DIR *d;
-	int err = 0, n = 0;
-
-	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
-	d = opendir(path);
-	if (d == NULL)
-		return -errno;
-	while ((de = readdir(d)) != NULL) {
-		pid_t tid = (pid_t)atoi(de->d_name);
-		if (tid <= 0)
-			continue;
-		if (sched_setaffinity(tid, sizeof(*set), set) != 0 && err == 0)
-			err = -errno;
-		n++;
-	}
-	closedir(d);
-	return err != 0 ? err : n > 0 ? 0 : -ESRCH;
-}
 
 /* Start the server with o->malloc_conf in its environment (ours is restored after). */
 static int redis_start(const struct options *o, struct shadow_test_redis **server_ret)
 {
-	const char *old = getenv("MALLOC_CONF");
-	char *saved = old != NULL ? strdup(old) : NULL;
-	int rc;
-
-	if (old != NULL && saved == NULL)
-		return -ENOMEM;
-	if (o->malloc_conf[0] != '\0' && setenv("MALLOC_CONF", o->malloc_conf, 1) != 0) {
-		free(saved);
-		return -errno;
-	}
 	/* Threaded I/O: the main thread still runs every command (and builds each reply), the
 	 * I/O threads write replies to the sockets in parallel. */
 	char io_line[32];
 	const char *config[3] = { io_line, "io-threads-do-reads no", NULL };
-	struct shadow_test_redis_options ro = { .config = config };
+	struct shadow_test_redis_options ro = {
+		.config = o->io_threads > 1 ? config : NULL,
+		.malloc_conf = o->malloc_conf[0] != '\0' ? o->malloc_conf : NULL,
+	};
+
 	snprintf(io_line, sizeof(io_line), "io-threads %u", o->io_threads);
-	rc = shadow_test_redis_start(o->io_threads > 1 ? &ro : NULL, server_ret);
-	if (saved != NULL)
-		setenv("MALLOC_CONF", saved, 1);
-	else
-		unsetenv("MALLOC_CONF");
-	free(saved);
-	return rc;
+	return shadow_test_redis_start(&ro, server_ret);
 }
 
 /*
@@ -1597,7 +1543,7 @@ int shadow_bench_store_main(int argc, char **argv)
 			for (uint32_t k = 0; cpu >= 0 && k < o.io_threads; k++)
 				CPU_SET(cpu + (int)k, &one);
 			/* Not pinned, it still must not inherit our CPU alone. */
-			rc = pin_process(shadow_test_redis_pid(server), cpu >= 0 ? &one : &all);
+			rc = bench_pin_process(shadow_test_redis_pid(server), cpu >= 0 ? &one : &all);
 			printf("redis-server: started here (%s, pid %d), ",
 			       shadow_test_redis_addr(server), (int)shadow_test_redis_pid(server));
 			if (rc < 0)

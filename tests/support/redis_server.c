@@ -45,6 +45,7 @@ struct shadow_test_redis {
 	char *user;
 	char *user_password;
 	char **config;          /* NULL-ended copies */
+	char *malloc_conf;      /* MALLOC_CONF of the server, or NULL */
 	char dir[PATH_MAX];
 	char url[64];
 	char addr[32];
@@ -356,8 +357,12 @@ static ssize_t fd_command(int fd, int argc, const char *const *argv, const size_
 /* Processes                                                                                  */
 /* ------------------------------------------------------------------------------------------ */
 
-/* In a child: die with the parent, stdio on out_fd, no inherited descriptors, exec argv. */
-static void child_exec(pid_t parent, int out_fd, const char *path, char *const *argv)
+/*
+ * In a child: die with the parent, stdio on out_fd, no inherited descriptors, MALLOC_CONF set
+ * to malloc_conf if not NULL, exec argv.
+ */
+static void child_exec(pid_t parent, int out_fd, const char *path, char *const *argv,
+		       const char *malloc_conf)
 {
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (getppid() != parent) /* the parent died before prctl: nobody would kill us */
@@ -376,6 +381,8 @@ static void child_exec(pid_t parent, int out_fd, const char *path, char *const *
 	sigset_t none;
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
+	if (malloc_conf != NULL)
+		setenv("MALLOC_CONF", malloc_conf, 1);
 	execv(path, argv);
 	fprintf(stderr, "exec %s: %s\n", path, strerror(errno));
 	_exit(127);
@@ -418,7 +425,7 @@ static int run_capture(char *const *argv, char *out, size_t nbytes, uint32_t tim
 		return rc;
 	}
 	if (pid == 0)
-		child_exec(parent, pipefd[1], argv[0], argv);
+		child_exec(parent, pipefd[1], argv[0], argv, NULL);
 	close(pipefd[1]);
 	uint64_t end = now_ms() + timeout_ms;
 	for (;;) {
@@ -582,7 +589,7 @@ static int spawn_server(struct shadow_test_redis *r)
 		return rc;
 	}
 	if (pid == 0)
-		child_exec(parent, logfd, bin, argv);
+		child_exec(parent, logfd, bin, argv, r->malloc_conf);
 	close(logfd);
 	r->pid = pid;
 	return 0;
@@ -698,6 +705,7 @@ static void redis_free(struct shadow_test_redis *r)
 	free(r->password);
 	free(r->user);
 	free(r->user_password);
+	free(r->malloc_conf);
 	for (char **c = r->config; c != NULL && *c != NULL; c++)
 		free(*c);
 	free(r->config);
@@ -735,6 +743,7 @@ int shadow_test_redis_start(const struct shadow_test_redis_options *opts,
 	r->password = xstrdup(o.password);
 	r->user = xstrdup(o.user);
 	r->user_password = xstrdup(o.user_password);
+	r->malloc_conf = xstrdup(o.malloc_conf);
 	size_t nc = 0;
 	while (o.config != NULL && o.config[nc] != NULL)
 		nc++;
@@ -747,7 +756,8 @@ int shadow_test_redis_start(const struct shadow_test_redis_options *opts,
 			goto fail_nomem;
 	}
 	if ((o.password != NULL && r->password == NULL) || (o.user != NULL && r->user == NULL) ||
-	    (o.user_password != NULL && r->user_password == NULL))
+	    (o.user_password != NULL && r->user_password == NULL) ||
+	    (o.malloc_conf != NULL && r->malloc_conf == NULL))
 		goto fail_nomem;
 
 	const char *tmp = getenv("TMPDIR");

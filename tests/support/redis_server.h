@@ -59,7 +59,15 @@ struct shadow_test_redis_options {
 	const char *const *config;  /* extra redis.conf lines ("maxmemory 64mb"), NULL-ended;
 				       they come last, so they override the defaults above */
 	uint32_t start_timeout_ms;  /* how long to wait for PING; 0: 10000 */
+	const char *malloc_conf;    /* MALLOC_CONF (jemalloc) of the server; NULL: inherited.
+				       For chunk-sized values use SHADOW_TEST_REDIS_MALLOC_CONF */
 };
+
+/*
+ * jemalloc settings that keep freed pages for reuse: without them a server building large
+ * replies page-faults on every one (docs/stores.md, "Running Redis for large values").
+ */
+#define SHADOW_TEST_REDIS_MALLOC_CONF "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 
 struct shadow_test_redis;
 

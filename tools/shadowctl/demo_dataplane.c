@@ -274,16 +274,9 @@ int shadowctl_demo_dataplane(void)
 		return 1;
 	/* The store: a local redis-server when installed (started here), else embedded. */
 	if (shadow_test_redis_find(path, sizeof(path)) == 0) {
-		const char *old = getenv("MALLOC_CONF");
-		char *saved = old != NULL ? strdup(old) : NULL;
 		/* Large values: keep jemalloc from purging (docs/stores.md). */
-		setenv("MALLOC_CONF", "dirty_decay_ms:-1,muzzy_decay_ms:-1", 1);
-		rc = shadow_test_redis_start(NULL, &redis);
-		if (saved != NULL)
-			setenv("MALLOC_CONF", saved, 1);
-		else
-			unsetenv("MALLOC_CONF");
-		free(saved);
+		struct shadow_test_redis_options ro = { .malloc_conf = SHADOW_TEST_REDIS_MALLOC_CONF };
+		rc = shadow_test_redis_start(&ro, &redis);
 	}
 	if (redis != NULL)
 		snprintf(store_url, sizeof(store_url), "%s", shadow_test_redis_url(redis));
