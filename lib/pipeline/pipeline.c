@@ -190,7 +190,6 @@ struct pl_thread {
 	int epfd;                        /* fetch: bell + store fd */
 	/* fetch: the ops being worked on */
 	struct shadow__op *cur;          /* still has chunks to start */
-	uint32_t gets_in_flight;
 	struct shadow_store_req lookup_req;
 	const char *lookup_keys[SHADOW_STORE_EXISTS_MAX];
 	char (*lookup_text)[SHADOW_STORE_KEY_MAX];
@@ -374,13 +373,12 @@ static void chunk_release_frames(struct pl_chunk *c, uint64_t landed)
 static void chunk_on_data(struct shadow_store_req *req, uint64_t value_nbytes, uint64_t landed)
 {
 	struct pl_chunk *c = req->user;
-	struct shadow__pipeline *pl = c->pl;
 	struct shadow__op *op = c->op;
 	int rc;
 
 	(void)value_nbytes;
 	if (atomic_load_explicit(&c->status, memory_order_relaxed) != SHADOW_CHUNK_OK)
-		return;
+		goto stop; /* a frame of it failed on a decode thread */
 	if (!c->peeked) {
 		uint64_t total;
 		if (landed < SHADOW_CHUNK_HEADER_NBYTES)
@@ -408,7 +406,10 @@ static void chunk_on_data(struct shadow_store_req *req, uint64_t value_nbytes, u
 	return;
 corrupt:
 	chunk_fail(c, SHADOW_CHUNK_CORRUPT);
-	(void)pl;
+stop:
+	/* The rest of the value is of no use: stop reading it. The chunk keeps its first
+	 * failure; the GET completes with -ECANCELED. */
+	(void)shadow_store_cancel(c->owner->store, req);
 }
 
 static void chunk_on_done(struct shadow_store_req *req)
@@ -622,10 +623,6 @@ static bool decode_ready(void *arg)
 
 	return decode_may_exit(pl) || shadow__ring_count(pl->decode) > 0;
 }
-
-struct slot_wait {
-	struct shadow__pipeline *pl;
-};
 
 static bool slot_ready(void *arg)
 {
@@ -1501,7 +1498,6 @@ int shadow__pipeline_submit(struct shadow__pipeline *pl, struct shadow__op *op)
 	atomic_store_explicit(&op->p.chunks_left, op->n_chunks, memory_order_relaxed);
 	atomic_store_explicit(&op->p.next_chunk, 0, memory_order_relaxed);
 	atomic_store_explicit(&op->p.cancelled, 0, memory_order_relaxed);
-	op->p.t_submit_ns = shadow__now_ns();
 
 	void *obj = op;
 	struct shadow__ring *ring = op->kind == SHADOW__OP_SAVE ? pl->saves : pl->ops;

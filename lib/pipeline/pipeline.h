@@ -133,8 +133,6 @@ struct shadow__op {
 		_Atomic uint32_t chunks_left;
 		_Atomic uint32_t next_chunk;
 		_Atomic uint32_t cancelled;
-		struct shadow__op *next;
-		uint64_t t_submit_ns;
 	} p;
 };
 

@@ -1074,7 +1074,7 @@ static int get_stream(struct file_store *fs, struct shadow_store_req *req, int f
 static int file_get(struct file_store *fs, struct shadow_store_req *req)
 {
 	struct file_inst *inst = fs->inst;
-	size_t key_nbytes = shadow__store_key_nbytes(req->key);
+	size_t key_nbytes = strlen(req->key);
 	uint8_t buf[FILE_READ_HDR_NBYTES];
 	const char *why = NULL;
 	struct file_entry *e;
@@ -1169,7 +1169,7 @@ out_close:
 static int file_put(struct file_store *fs, struct shadow_store_req *req)
 {
 	struct file_inst *inst = fs->inst;
-	uint32_t key_nbytes = (uint32_t)shadow__store_key_nbytes(req->key);
+	uint32_t key_nbytes = (uint32_t)strlen(req->key);
 	uint64_t value_nbytes = shadow__iov_nbytes(req->iov, req->iov_count);
 	struct iovec wr[1 + SHADOW_STORE_IOV_MAX];
 	struct file_entry *e, *old, *victims = NULL;
@@ -1268,7 +1268,7 @@ static int file_delete(struct file_store *fs, struct shadow_store_req *req)
 	struct file_entry *e;
 	struct file_key k;
 
-	key_hash(req->key, shadow__store_key_nbytes(req->key), &k);
+	key_hash(req->key, strlen(req->key), &k);
 	pthread_mutex_lock(&inst->mu);
 	e = idx_find(inst, k.hi, k.lo);
 	if (e != NULL)
@@ -1295,7 +1295,7 @@ static int file_exists(struct file_store *fs, struct shadow_store_req *req)
 
 	/* One lock per key: the hash is computed outside it. */
 	for (i = 0; i < req->n_keys; i++) {
-		key_hash(req->keys[i], shadow__store_key_nbytes(req->keys[i]), &k);
+		key_hash(req->keys[i], strlen(req->keys[i]), &k);
 		pthread_mutex_lock(&inst->mu);
 		bool found = idx_find(inst, k.hi, k.lo) != NULL;
 		pthread_mutex_unlock(&inst->mu);

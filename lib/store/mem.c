@@ -267,7 +267,7 @@ static void instance_put(struct mem_instance *in)
 
 static int mem_put(struct mem_instance *in, const struct shadow_store_req *req)
 {
-	size_t key_nbytes = shadow__store_key_nbytes(req->key);
+	size_t key_nbytes = strlen(req->key);
 	uint64_t value_nbytes = shadow__iov_nbytes(req->iov, req->iov_count);
 	uint64_t value_off = (sizeof(struct mem_entry) + key_nbytes + 63) & ~UINT64_C(63);
 	uint64_t alloc;
@@ -331,7 +331,7 @@ static int mem_put(struct mem_instance *in, const struct shadow_store_req *req)
 /* Look up `key`, touching it in the LRU; returns it with a reference for the caller. */
 static struct mem_entry *mem_lookup_ref(struct mem_instance *in, const char *key)
 {
-	size_t n = shadow__store_key_nbytes(key);
+	size_t n = strlen(key);
 	uint64_t h = key_hash(key, n);
 	struct mem_entry *e;
 
@@ -386,7 +386,7 @@ out:
 
 static int mem_delete(struct mem_instance *in, struct shadow_store_req *req)
 {
-	size_t n = shadow__store_key_nbytes(req->key);
+	size_t n = strlen(req->key);
 	struct mem_entry *e = NULL;
 
 	pthread_mutex_lock(&in->lock);
@@ -407,7 +407,7 @@ static int mem_exists(struct mem_instance *in, struct shadow_store_req *req)
 	pthread_mutex_lock(&in->lock);
 	for (; found < req->n_keys; found++) {
 		const char *k = req->keys[found];
-		size_t n = shadow__store_key_nbytes(k);
+		size_t n = strlen(k);
 		if (*index_slot(in, key_hash(k, n), k, n) == NULL)
 			break;
 	}

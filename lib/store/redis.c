@@ -723,12 +723,12 @@ static void conn_fail(struct redis_store *rs, struct rconn *c, int err)
 		if (c->up)
 			rs->base.stats.disconnects++;
 	}
-	if (c->dirty)
-		c->tx = NULL; /* leaves the flush list harmlessly: nothing to send */
+	/* Nothing is sent any more: fifo_unlink may take any command, zombify finds none unsent,
+	 * and the connection leaves the flush list harmlessly if it is on it. */
+	c->tx = NULL;
+	c->tx_off = 0;
 	while (c->head != NULL) {
 		struct rcmd *cmd = c->head;
-		c->tx = NULL; /* nothing is sent any more: lets fifo_unlink take any command */
-		c->tx_off = 0;
 		fifo_unlink(c, cmd);
 		cmd->conn = NULL;
 		if (cmd->kind == K_SHARDS || cmd->kind == K_SLOTS)
@@ -738,8 +738,6 @@ static void conn_fail(struct redis_store *rs, struct rconn *c, int err)
 		cmd_free(rs, cmd);
 	}
 	rx_reset(c);
-	c->tx = NULL;
-	c->tx_off = 0;
 	c->reset_pending = false;
 	c->state = C_IDLE;
 	if (c->up) {

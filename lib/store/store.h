@@ -149,14 +149,4 @@ static inline uint64_t shadow__iov_nbytes(const struct iovec *iov, uint32_t n)
 void shadow__iov_copy_in(const struct iovec *iov, uint32_t n, uint64_t off, const void *src,
 			 uint64_t nbytes) SHADOW_INTERNAL;
 
-/* The key of a single-key request, and its length (validated by the front end). */
-static inline size_t shadow__store_key_nbytes(const char *key)
-{
-	size_t n = 0;
-
-	while (key[n] != '\0')
-		n++;
-	return n;
-}
-
 #endif /* SHADOW_STORE_STORE_H */
