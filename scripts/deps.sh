@@ -11,7 +11,7 @@ set -eu
 
 base="build-essential cmake pkg-config xz-utils liblzma-dev libdeflate-dev libzstd-dev libxxhash-dev
       libssl-dev libcmocka-dev redis-server redis-tools libhiredis-dev
-      python3 python3-numpy python3-pytest"
+      python3 python3-numpy python3-pytest python3-torch"
 fuzz="clang libclang-rt-14-dev"
 
 want="$base"
