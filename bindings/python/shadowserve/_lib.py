@@ -28,6 +28,24 @@ from .types import (ChunkKey, ChunkViewStruct, ClientCompletion, ClientMemory, C
                     KVGeometry, KVLayout)
 
 
+class Closeable:
+    """The tail every handle class shares: a context manager and a finalizer over close(),
+    which must be idempotent. A finalizer never raises (an interpreter shutting down may
+    already have torn down what close() uses)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
 class ShadowError(Exception):
     """A ShadowServe C call failed. `code` is the negative status (-errno or a SHADOW_E* code,
     see shadowserve.types), `message` the library's text for it, `func` the C function."""

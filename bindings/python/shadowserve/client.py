@@ -92,7 +92,7 @@ class Completion(_CompletionBase):
 # --------------------------------------------------------------------------------------------
 
 
-class HostMemory:
+class HostMemory(_lib.Closeable):
     """Shared host memory for a KV region: a memfd (sealable, as shadowd requires) mapped
     here. The daemon maps the same pages, so writes on either side are seen by the other.
 
@@ -154,18 +154,6 @@ class HostMemory:
         self._mm = None
         os.close(self._fd)
         self._fd = -1
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __len__(self):
         return self.nbytes
@@ -407,7 +395,7 @@ def _key32(key, what="ns"):
 # --------------------------------------------------------------------------------------------
 
 
-class Client:
+class Client(_lib.Closeable):
     """A connection to shadowd (see the module's docstring)."""
 
     def __init__(self, endpoint, max_inflight=64, slot_nbytes=None, name=None,
@@ -463,18 +451,6 @@ class Client:
             r._client = None
         self._regions.clear()
         self._pending.clear()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def fileno(self):
         """An fd for an event loop: readable when a completion may be ready after wait(0)

@@ -313,7 +313,7 @@ def describe(buf):
 # --------------------------------------------------------------------------------------------
 
 
-class Transform:
+class Transform(_lib.Closeable):
     """A per-model KV transform for "pca" schemes: load(bytes) or calibrate(...)."""
 
     def __init__(self, handle):
@@ -381,25 +381,13 @@ class Transform:
         if h is not None:
             _lib.shadow().shadow_transform_free(h)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
 
 # --------------------------------------------------------------------------------------------
 # Codec
 # --------------------------------------------------------------------------------------------
 
 
-class Codec:
+class Codec(_lib.Closeable):
     """An encoder/decoder context for chunks of one geometry (shadow_codec_create). Use one
     per thread; calls release the GIL. close() (or a with block) frees it."""
 
@@ -432,18 +420,6 @@ class Codec:
     @property
     def closed(self):
         return self._h is None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def options(self, scheme):
         """CodecOptions for a scheme name (parsed once per name) or CodecOptions as given."""
