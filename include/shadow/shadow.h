@@ -798,8 +798,10 @@ SHADOW_API int shadow_store_submit(struct shadow_store *store, struct shadow_sto
 /*
  * Run I/O and callbacks, waiting up to timeout_ms (0: do not wait; -1: until at least one
  * request completes or progresses) when nothing is ready. Deadlines are honoured even with
- * timeout_ms -1: poll returns when the earliest deadline has passed. Returns the number of
- * requests completed (>= 0), or a negative code for a failure of the handle itself.
+ * timeout_ms -1: poll returns when the earliest deadline has passed. With no request in flight
+ * it never waits, but still takes in what the handle's fd signalled (connections finishing or
+ * closing), so that fd stops being readable. Returns the number of requests completed (>= 0),
+ * or a negative code for a failure of the handle itself.
  */
 SHADOW_API int shadow_store_poll(struct shadow_store *store, int timeout_ms);
 

@@ -545,8 +545,23 @@ int shadow_store_poll(struct shadow_store *store, int timeout_ms)
 	/* Completions left from a close-time drain or an earlier poll go first. */
 	if (store->done_head != NULL)
 		return store_drain_done(store);
-	if (store->in_flight == 0)
-		return 0; /* nothing could progress: never wait */
+	if (store->in_flight == 0) {
+		/*
+		 * Nothing can complete, so never wait; but a backend with an fd may have events
+		 * to take in (a connection finishing, a handshake reply, a timer come due, a peer
+		 * closing an idle connection). One round that does not block consumes them, so
+		 * the fd a caller sleeps on does not stay readable: before this, a Redis store's
+		 * connect-timeout timer fired after the handshake and left the fd readable for
+		 * good, and every shadowd fetch thread without a request spun on a core
+		 * (test_store_redis: test_fd_quiet_when_idle).
+		 */
+		if (store->ops->fd != NULL && store->ops->fd(store) >= 0) {
+			rc = store->ops->poll(store, 0);
+			if (rc < 0)
+				return rc;
+		}
+		return store_drain_done(store);
+	}
 	if (timeout_ms < 0)
 		until = UINT64_MAX;
 	else if (timeout_ms > 0)

@@ -1045,6 +1045,47 @@ static void test_fd_outer_loop(void **state)
 	shadow_fake_resp_stop(f);
 }
 
+/*
+ * Regression: with nothing in flight the store's fd must still go quiet after a poll. The
+ * connections' set-up (connect completing, a handshake's SELECT, its reply, the connect
+ * timeout's timer coming due after all is done) makes it readable; shadow_store_poll() used to return at once when nothing was in
+ * flight, leaving the fd readable for good, so an idle shadowd fetch thread, which sleeps on
+ * it, spun on a core (50-100% of one per idle fetch thread on a redis://HOST:PORT/DB store).
+ */
+static void test_fd_quiet_when_idle(void **state)
+{
+	(void)state;
+	char url[128];
+	/* A database number: its SELECT is queued at connect, to be sent by a poll. */
+	snprintf(url, sizeof(url), "%s/2?connections=2", shadow_test_redis_url(g_redis));
+	struct shadow_store_options o;
+	opts_fast(&o); /* 500 ms connect timeout: its timer comes due during the test */
+	struct shadow_store *s = open_ok(url, &o);
+	int fd = shadow_store_fd(s);
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+
+	assert_true(fd >= 0);
+	for (int round = 0; round < 2; round++) {
+		/* Let whatever the connections and timers have to say come, then take it in. */
+		usleep(700 * 1000);
+		for (int i = 0; i < 5; i++)
+			assert_int_equal(shadow_store_poll(s, 0), 0);
+		if (poll(&p, 1, 0) != 0)
+			fail_msg("store fd still readable after polls with nothing in flight "
+				 "(round %d)", round);
+		if (round == 0) {
+			/* Again after a request came and went. */
+			struct shadow_store_req req;
+			struct tracker t;
+			struct iovec iov = { (void *)"idle", 4 };
+			req_init(&req, &t, SHADOW_STORE_PUT, "fd:idle", &iov, 1);
+			submit_ok(s, &req);
+			assert_int_equal(shadow_store_wait(s, &req), 0);
+		}
+	}
+	shadow_store_close(s);
+}
+
 static void test_close_in_flight(void **state)
 {
 	(void)state;
@@ -1133,6 +1174,7 @@ int main(void)
 		T(test_cancel_streaming_real),
 		T(test_close_in_flight),
 		T(test_fd_outer_loop),
+		T(test_fd_quiet_when_idle),
 		T(test_contract),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
