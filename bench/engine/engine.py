@@ -647,7 +647,8 @@ def run_mode(args, eng, docs, mode, load, port, tmp):
         return run_workload(eng, mode, specs, None, None, None)
     db, _ = MODE_STORE[mode]
     sock = os.path.join(tmp, "shadowd.sock")
-    d = start_shadowd(args, "redis://127.0.0.1:%d/%d" % (port, db), sock)
+    d = start_shadowd(args, "redis://127.0.0.1:%d/%d?connections=%d" %
+                      (port, db, args.store_connections), sock)
     lookups = plane = None
     try:
         lookups = ShadowPlane(eng, sock, fetch_here=mode in ("raw", "shadow"))
@@ -834,6 +835,9 @@ def parse_args(argv=None):
     p.add_argument("--shadowd-rx", default="40MiB")
     p.add_argument("--shadowd-slot", default="1MiB")
     p.add_argument("--fetch-threads", type=int, default=2)
+    p.add_argument("--store-connections", type=int, default=1,
+                   help="Redis connections per shadowd fetch thread (linkem needs >= 4 in "
+                        "all for 100 Gbit/s)")
     p.add_argument("--decode-threads", type=int, default=6)
     p.add_argument("--inline-threads", type=int, default=4)
     p.add_argument("--cpus-engine", default=None, help="e.g. 0-7")
