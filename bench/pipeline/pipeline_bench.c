@@ -93,6 +93,7 @@
 #include <shadow/shadow.h>
 
 #include "bench_util.h"
+#include "core/cpuset.h"
 #include "gpu/gpu.h"
 #include "kvdump.h"
 #include "pipeline/pipeline.h"
@@ -361,31 +362,6 @@ static void free_options(struct options *o)
 }
 
 
-/* "1-7,9,12-13" into a CPU set. 0 or -EINVAL (also for an empty set). */
-static int parse_cpu_list(const char *s, cpu_set_t *set)
-{
-	CPU_ZERO(set);
-	while (*s != '\0') {
-		char *end;
-		unsigned long a, b;
-
-		if (*s < '0' || *s > '9')
-			return -EINVAL;
-		a = b = strtoul(s, &end, 10);
-		if (*end == '-') {
-			const char *p = end + 1;
-			if (*p < '0' || *p > '9')
-				return -EINVAL;
-			b = strtoul(p, &end, 10);
-		}
-		if (a > b || b >= CPU_SETSIZE || (*end != ',' && *end != '\0'))
-			return -EINVAL;
-		for (unsigned long c = a; c <= b; c++)
-			CPU_SET(c, set);
-		s = *end == ',' ? end + 1 : end;
-	}
-	return CPU_COUNT(set) > 0 ? 0 : -EINVAL;
-}
 
 /* A CPU set as "0-3,8" into buf. */
 static void cpu_set_text(const cpu_set_t *set, char *buf, size_t nbytes)
@@ -560,7 +536,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 			}
 			o->device = (int)n;
 		} else if ((v = bench_opt_value(argc, argv, &i, "--cpus", &missing)) != NULL) {
-			if (parse_cpu_list(v, &o->cpus) < 0) {
+			if (shadow__cpuset_parse(v, &o->cpus) < 0) {
 				fprintf(stderr, "%s: --cpus %s: want a list such as 1-7,9\n", o->prog,
 					v);
 				return 2;

@@ -33,6 +33,7 @@
 #include <shadow/shadow.h>
 
 #include "core/clock.h"
+#include "core/cpuset.h"
 #include "pipeline/pipeline.h"
 #include "shadowd.h"
 
@@ -118,41 +119,14 @@ bad:
 	return -EINVAL;
 }
 
-/* "0-3,8,10-11" into *set. */
+/* --cpus: "0-3,8,10-11" into *set. */
 static int parse_cpus(const char *text, cpu_set_t *set)
 {
-	const char *p = text;
-
-	CPU_ZERO(set);
-	while (*p != '\0') {
-		char *end;
-		unsigned long a = strtoul(p, &end, 10), b;
-		if (end == p)
-			goto bad;
-		b = a;
-		p = end;
-		if (*p == '-') {
-			p++;
-			b = strtoul(p, &end, 10);
-			if (end == p)
-				goto bad;
-			p = end;
-		}
-		if (a > b || b >= CPU_SETSIZE)
-			goto bad;
-		for (unsigned long c = a; c <= b; c++)
-			CPU_SET(c, set);
-		if (*p == ',')
-			p++;
-		else if (*p != '\0')
-			goto bad;
+	if (shadow__cpuset_parse(text, set) < 0) {
+		fprintf(stderr, "shadowd: --cpus '%s': want a list like 2-5,8\n", text);
+		return -EINVAL;
 	}
-	if (CPU_COUNT(set) == 0)
-		goto bad;
 	return 0;
-bad:
-	fprintf(stderr, "shadowd: --cpus '%s': want a list like 2-5,8\n", text);
-	return -EINVAL;
 }
 
 static int parse_level(const char *text, enum shadow_log_level *level)

@@ -2,6 +2,8 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include <errno.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -12,6 +14,7 @@
 #include <cmocka.h>
 
 #include "core/cpu.h"
+#include "core/cpuset.h"
 #include "core/log.h"
 
 /* Detected features with no forcing. */
@@ -154,6 +157,28 @@ static void test_string(void **state)
 	assert_string_equal(shadow__cpu_features_string(1u << 30), "none");
 }
 
+/* core/cpuset.h: the --cpus lists of shadowd, linkem and the benchmarks. */
+static void test_cpuset_parse(void **state)
+{
+	(void)state;
+	cpu_set_t set;
+
+	assert_int_equal(shadow__cpuset_parse("0-3,8,10-11", &set), 0);
+	assert_int_equal(CPU_COUNT(&set), 7);
+	assert_true(CPU_ISSET(0, &set) && CPU_ISSET(3, &set) && CPU_ISSET(8, &set));
+	assert_true(CPU_ISSET(11, &set) && !CPU_ISSET(4, &set) && !CPU_ISSET(9, &set));
+	assert_int_equal(shadow__cpuset_parse("5", &set), 0);
+	assert_int_equal(CPU_COUNT(&set), 1);
+	assert_int_equal(shadow__cpuset_parse("2-2", &set), 0);
+	assert_int_equal(CPU_COUNT(&set), 1);
+	static const char *const bad[] = { "", ",", "1,", ",1", "1,,2", "3-1", "-1", "+1", " 1",
+					   "1 ", "1-", "1--2", "a", "1-b", "0x1", "1024",
+					   "0-99999999999999999999" };
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		if (shadow__cpuset_parse(bad[i], &set) != -EINVAL)
+			fail_msg("'%s' parsed", bad[i]);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -162,6 +187,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_force_levels, teardown),
 		cmocka_unit_test_teardown(test_force_unknown_ignored, teardown),
 		cmocka_unit_test_teardown(test_string, teardown),
+		cmocka_unit_test(test_cpuset_parse),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -124,6 +124,8 @@
 
 #include <shadow/shadow.h> /* shadow_parse_size */
 
+#include "core/cpuset.h" /* header-only */
+
 #define NS_PER_SEC 1000000000ull
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
 #define MAX(a, b) ((a) > (b) ? (a) : (b))
@@ -1147,41 +1149,14 @@ static int parse_bytes(const char *what, const char *text, uint64_t lo, uint64_t
 	return 0;
 }
 
-/* "0-3,8,10-11" into *set. */
+/* --cpus: "0-3,8,10-11" into *set. */
 static int parse_cpus(const char *text, cpu_set_t *set)
 {
-	const char *p = text;
-
-	CPU_ZERO(set);
-	while (*p != '\0') {
-		char *end;
-		unsigned long a = strtoul(p, &end, 10), b;
-		if (end == p)
-			goto bad;
-		b = a;
-		p = end;
-		if (*p == '-') {
-			p++;
-			b = strtoul(p, &end, 10);
-			if (end == p)
-				goto bad;
-			p = end;
-		}
-		if (a > b || b >= CPU_SETSIZE)
-			goto bad;
-		for (unsigned long c = a; c <= b; c++)
-			CPU_SET(c, set);
-		if (*p == ',')
-			p++;
-		else if (*p != '\0')
-			goto bad;
+	if (shadow__cpuset_parse(text, set) < 0) {
+		fprintf(stderr, "linkem: --cpus '%s': want a list like 2-3,8\n", text);
+		return -EINVAL;
 	}
-	if (CPU_COUNT(set) == 0)
-		goto bad;
 	return 0;
-bad:
-	fprintf(stderr, "linkem: --cpus '%s': want a list like 2-3,8\n", text);
-	return -EINVAL;
 }
 
 /* HOST:PORT or [V6]:PORT; an empty HOST is NULL (any address). */
