@@ -179,17 +179,7 @@ static void usage(FILE *out, const char *prog)
 
 static int add_scheme(struct options *o, const char *name, size_t len)
 {
-	char **s = realloc(o->schemes, (o->n_schemes + 1) * sizeof(*s));
-	if (s == NULL)
-		return -ENOMEM;
-	o->schemes = s;
-	s[o->n_schemes] = malloc(len + 1);
-	if (s[o->n_schemes] == NULL)
-		return -ENOMEM;
-	memcpy(s[o->n_schemes], name, len);
-	s[o->n_schemes][len] = '\0';
-	o->n_schemes++;
-	return 0;
+	return bench_strv_push(&o->schemes, &o->n_schemes, name, len);
 }
 
 static int add_scheme_cb(void *ctx, const char *name, size_t len)
@@ -199,9 +189,7 @@ static int add_scheme_cb(void *ctx, const char *name, size_t len)
 
 static void free_options(struct options *o)
 {
-	for (size_t i = 0; i < o->n_schemes; i++)
-		free(o->schemes[i]);
-	free(o->schemes);
+	bench_strv_free(o->schemes, o->n_schemes);
 	free(o->paths);
 }
 

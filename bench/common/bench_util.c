@@ -229,3 +229,30 @@ int bench_parse_name_set(const char *s, const char *const *names, int n, bool *s
 	}
 	return 0;
 }
+
+int bench_strv_push(char ***v, size_t *n, const char *name, size_t len)
+{
+	char *copy = malloc(len + 1);
+	char **grown;
+
+	if (copy == NULL)
+		return -ENOMEM;
+	grown = realloc(*v, (*n + 1) * sizeof(*grown));
+	if (grown == NULL) {
+		free(copy);
+		return -ENOMEM;
+	}
+	memcpy(copy, name, len);
+	copy[len] = '\0';
+	grown[*n] = copy;
+	*v = grown;
+	(*n)++;
+	return 0;
+}
+
+void bench_strv_free(char **v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
+}

@@ -77,4 +77,14 @@ int bench_parse_u32_list(const char *s, uint32_t lo, uint32_t hi, uint32_t *out,
 int bench_split_schemes(const char *list, int (*add)(void *ctx, const char *name, size_t len),
 			void *ctx);
 
+/*
+ * Append a malloc()ed, NUL-terminated copy of name[0 .. len) to the realloc()ed array *v of *n
+ * strings (scheme names from a command line). 0 or -ENOMEM; on failure *v and *n still
+ * describe what was there, for bench_strv_free().
+ */
+int bench_strv_push(char ***v, size_t *n, const char *name, size_t len);
+
+/* Free the n strings of v and v itself. */
+void bench_strv_free(char **v, size_t n);
+
 #endif /* SHADOW_BENCH_UTIL_H */

@@ -153,7 +153,7 @@ struct options {
 	char **paths; /* dumps given on the command line (argv's strings) */
 	int n_paths;
 	char **schemes; /* malloc()ed copies */
-	uint32_t n_schemes;
+	size_t n_schemes;
 	uint32_t threads[THREADS_LIST_MAX];
 	uint32_t n_threads;
 	uint32_t max_threads;
@@ -329,21 +329,9 @@ static void usage(FILE *out, const char *prog)
 
 static int add_scheme(struct options *o, const char *name, size_t len)
 {
-	char **s;
-
 	if (o->n_schemes == SCHEMES_MAX)
 		return -E2BIG;
-	s = realloc(o->schemes, (o->n_schemes + 1) * sizeof(*s));
-	if (s == NULL)
-		return -ENOMEM;
-	o->schemes = s;
-	s[o->n_schemes] = malloc(len + 1);
-	if (s[o->n_schemes] == NULL)
-		return -ENOMEM;
-	memcpy(s[o->n_schemes], name, len);
-	s[o->n_schemes][len] = '\0';
-	o->n_schemes++;
-	return 0;
+	return bench_strv_push(&o->schemes, &o->n_schemes, name, len);
 }
 
 static int add_scheme_cb(void *ctx, const char *name, size_t len)
@@ -353,11 +341,10 @@ static int add_scheme_cb(void *ctx, const char *name, size_t len)
 
 static void free_options(struct options *o)
 {
-	for (uint32_t i = 0; i < o->n_schemes; i++)
-		free(o->schemes[i]);
-	free(o->schemes);
+	bench_strv_free(o->schemes, o->n_schemes);
 	free(o->paths);
 	o->schemes = NULL;
+	o->n_schemes = 0;
 	o->paths = NULL;
 }
 
