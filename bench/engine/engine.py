@@ -221,20 +221,12 @@ class Engine:
         self.n_blocks = int(args.kv_gib * 2**30 // (token_nbytes * args.block_tokens))
         self.hostmem = None
         shape = (c.n_layers, 2, self.n_blocks, args.block_tokens, c.n_kv_heads, c.head_dim)
-        if self.device.type == "cuda":
-            self.kv = PagedKV(c, self.n_blocks, args.block_tokens, self.device)
-        else:
+        tensor = None
+        if self.device.type != "cuda":
             # Host KV (CPU smoke runs): the cache lives in a sealed memfd shadowd can map.
-            nbytes = int(np.prod(shape)) * 2
-            self.hostmem = HostMemory(nbytes)
-            t = torch.frombuffer(self.hostmem.array(), dtype=torch.bfloat16).view(shape)
-            self.kv = PagedKV.__new__(PagedKV)
-            self.kv.cfg, self.kv.n_blocks, self.kv.block_tokens = c, self.n_blocks, \
-                args.block_tokens
-            self.kv.tensor = t
-            flat = t.view(c.n_layers, 2, -1, c.n_kv_heads, c.head_dim)
-            self.kv.k = [flat[l, 0] for l in range(c.n_layers)]
-            self.kv.v = [flat[l, 1] for l in range(c.n_layers)]
+            self.hostmem = HostMemory(int(np.prod(shape)) * 2)
+            tensor = torch.frombuffer(self.hostmem.array(), dtype=torch.bfloat16).view(shape)
+        self.kv = PagedKV(c, self.n_blocks, args.block_tokens, self.device, tensor=tensor)
         t0 = time.perf_counter()
         self.model = Llama(c, self.device, seed=args.seed)
         self.sync()
@@ -257,12 +249,11 @@ class Engine:
 class ShadowPlane:
     """Lookups (every fetching mode) and, for raw/shadow, fetches through shadowd."""
 
-    def __init__(self, eng, sock, fetch_here):
+    def __init__(self, eng, sock):
         self.eng = eng
         self.client = Client("unix:" + sock, max_inflight=256, name="bench-engine")
         self.region = self.client.register_kv(eng.memory_for_register(), eng.geom,
                                               sst.LAYOUT_NHD)
-        self.fetch_here = fetch_here
         self.ns = self.client.namespace(self.region, eng.model_id)
         self.wire_bytes = 0
 
@@ -300,9 +291,8 @@ class ShadowPlane:
 class InlinePlane:
     """cpu-inline / gpu-decode: fetches in the engine's own process (baselines.py)."""
 
-    def __init__(self, eng, mode, port, db, lookups):
+    def __init__(self, eng, mode, port, db):
         from baselines import InlineFetcher
-        self.lookups = lookups
         self.fetcher = InlineFetcher(mode, "127.0.0.1", port, db, "shadow:v1", eng.geom,
                                      eng.kv.tensor, n_threads=eng.args.inline_threads,
                                      device=eng.args.device)
@@ -328,17 +318,18 @@ class InlinePlane:
 # ------------------------------------------------------------------------------------------
 
 class Req:
+    """A request; where it stands is the queue or set that holds it (pending, waiting for
+    blocks, lookup or fetch in flight, prefill queue, decoding)."""
+
     def __init__(self, rid, spec, n_out):
         self.id = rid
         self.prompt = spec["prompt"]
-        self.doc = spec["doc"]
         self.arrival = spec["arrival"]
         self.n_out = n_out
         self.keys = spec.get("keys")
         self.blocks = None
         self.slots = None
         self.tokens = None
-        self.state = "new"
         self.computed = 0
         self.hit_chunks = 0
         self.ok_chunks = 0
@@ -388,10 +379,8 @@ def run_workload(eng, mode, specs, plane, lookups, dp_proc):
         r.slots = eng.kv.slots(ids)
         r.tokens = torch.as_tensor(r.prompt.astype(np.int64), device=eng.device)
         if fetching_modes and r.keys:
-            r.state = "lookup"
             lookups.lookup(r)
         else:
-            r.state = "prefill"
             prefill_q.append(r)
         return True
 
@@ -414,11 +403,9 @@ def run_workload(eng, mode, specs, plane, lookups, dp_proc):
                 n = min(val, len(r.keys))
                 if n > 0:
                     r.hit_chunks = n
-                    r.state = "fetch"
                     n_fetching += 1
                     plane.fetch(r, n, r.blocks[:n * bpc])
                 else:
-                    r.state = "prefill"
                     prefill_q.append(r)
             else:
                 n_fetching -= 1
@@ -430,7 +417,6 @@ def run_workload(eng, mode, specs, plane, lookups, dp_proc):
                 chunks_failed += len(val) - ok
                 r.ok_chunks = ok
                 r.computed = ok * ct
-                r.state = "prefill"
                 prefill_q.append(r)
 
         busy = False
@@ -448,7 +434,6 @@ def run_workload(eng, mode, specs, plane, lookups, dp_proc):
                 r.out.append(int(logits.argmax().item()))
                 r.t_first = now()
                 prefill_q.popleft()
-                r.state = "decode"
                 decoding.append(r)
         if decoding:
             busy = True
@@ -476,7 +461,6 @@ def run_workload(eng, mode, specs, plane, lookups, dp_proc):
                 r.out.append(tok)
                 if len(r.out) >= r.n_out:
                     r.t_done = now()
-                    r.state = "done"
                     alloc.release(r.blocks)
                     n_done += 1
                 else:
@@ -486,7 +470,7 @@ def run_workload(eng, mode, specs, plane, lookups, dp_proc):
             # Idle: sleep until the next arrival or a completion, at most 1 ms.
             nxt_arrival = pending[0].arrival - now() if pending else 0.001
             timeout = max(0.0, min(0.001, nxt_arrival))
-            if lookups is not None and isinstance(lookups, ShadowPlane):
+            if lookups is not None:
                 lookups.wait(timeout)
             elif timeout > 0:
                 time.sleep(timeout)
@@ -651,10 +635,9 @@ def run_mode(args, eng, docs, mode, load, port, tmp):
                       (port, db, args.store_connections), sock)
     lookups = plane = None
     try:
-        lookups = ShadowPlane(eng, sock, fetch_here=mode in ("raw", "shadow"))
+        lookups = ShadowPlane(eng, sock)
         attach_keys(specs, lookups.keys, args.chunk_tokens)
-        plane = lookups if mode in ("raw", "shadow") else InlinePlane(eng, mode, port, db,
-                                                                       lookups)
+        plane = lookups if mode in ("raw", "shadow") else InlinePlane(eng, mode, port, db)
         return run_workload(eng, mode, specs, plane, lookups, d)
     finally:
         if plane is not None and plane is not lookups:

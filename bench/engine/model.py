@@ -57,14 +57,21 @@ except ImportError:          # torch < 2.2 (Debian's, for the CPU tests)
 
 
 class PagedKV:
-    """The paged cache tensor and its per-layer views."""
+    """The paged cache tensor and its per-layer views. `tensor`, when given, is memory the
+    caller owns (a bf16 view of a shared memfd, say) of the cache's shape; else the cache is
+    allocated, zeroed, on `device`."""
 
-    def __init__(self, cfg, n_blocks, block_tokens, device):
+    def __init__(self, cfg, n_blocks, block_tokens, device, tensor=None):
         self.cfg = cfg
         self.n_blocks = n_blocks
         self.block_tokens = block_tokens
-        self.tensor = torch.zeros(cfg.n_layers, 2, n_blocks, block_tokens, cfg.n_kv_heads,
-                                  cfg.head_dim, dtype=torch.bfloat16, device=device)
+        shape = (cfg.n_layers, 2, n_blocks, block_tokens, cfg.n_kv_heads, cfg.head_dim)
+        if tensor is None:
+            tensor = torch.zeros(shape, dtype=torch.bfloat16, device=device)
+        elif tuple(tensor.shape) != shape or tensor.dtype != torch.bfloat16:
+            raise ValueError("KV tensor of shape %s, want %s bf16" % (tuple(tensor.shape),
+                                                                      shape))
+        self.tensor = tensor
         flat = self.tensor.view(cfg.n_layers, 2, n_blocks * block_tokens, cfg.n_kv_heads,
                                 cfg.head_dim)
         self.k = [flat[l, 0] for l in range(cfg.n_layers)]
