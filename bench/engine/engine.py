@@ -39,7 +39,13 @@ Metrics (one CSV row per mode, link and load; docs/results.md says how to read t
               recompute, which has no loaded steps: its mean step time). As a control, steps that ran with no fetch in
               flight are replayed too: their in-run / replay ratio (replay_control in the
               detail CSV) is what replaying alone changes, and the loaded ratio divided by
-              it (tpot_loaded_over_nofetch_adj) is what the fetches cost;
+              it (tpot_loaded_over_nofetch_adj) is what the fetches cost. Where a step's
+              time goes: the detail CSV has the host time building its inputs
+              (step_build_*; --step-inputs host copies the token and position lists to the
+              GPU each step, pageable and synchronous, as simple engines do; device keeps
+              them on the GPU from the last step) and the in-run / replay ratio of its GPU
+              time (CUDA events around the model and the argmax: step_gpu_loaded_over_replay,
+              and step_gpu_control for the steps with no fetch in flight);
   throughput  requests (and output tokens) per second from the first arrival to the last
               completion; wire bytes (chunk bytes read from the store); CPU seconds of the
               engine process and of shadowd over the run.
@@ -80,7 +86,8 @@ DETAIL_HEADER = ["mode", "link_gbps", "load_rps", "requests", "hits", "chunks_fe
                  "chunks_failed", "throughput_tok_s", "makespan_s", "decode_steps",
                  "loaded_steps", "tpot_all_mean_ms", "tpot_nofetch_observed_mean_ms",
                  "tpot_loaded_over_nofetch", "replay_control", "tpot_loaded_over_nofetch_adj",
-                 "ttft_hit_mean_s", "ttft_miss_mean_s"]
+                 "ttft_hit_mean_s", "ttft_miss_mean_s", "step_build_loaded_ms",
+                 "step_build_free_ms", "step_gpu_loaded_over_replay", "step_gpu_control"]
 MODEL_ID = "shadowserve-bench/"
 
 # Which store db and scheme each fetching mode reads (fill.py writes them).
@@ -336,14 +343,50 @@ class Req:
         self.t_first = None
         self.t_done = None
         self.out = []
+        self.tok_dev = None  # --step-inputs device: last token and position, on the GPU
+        self.pos_dev = None
+
+
+class GpuTimer:
+    """GPU time between start() and stop() on the current stream (CUDA events); NaN on a
+    CPU device. seconds() may be read once the stream has passed stop()."""
+
+    def __init__(self, device):
+        self.ev = ((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                   if torch.device(device).type == "cuda" else None)
+
+    def start(self):
+        if self.ev:
+            self.ev[0].record()
+
+    def stop(self):
+        if self.ev:
+            self.ev[1].record()
+
+    def seconds(self):
+        if not self.ev:
+            return float("nan")
+        self.ev[1].synchronize()
+        return 1e-3 * self.ev[0].elapsed_time(self.ev[1])
+
+
+def mean_or_nan(xs):
+    return float(np.mean(xs)) if len(xs) else float("nan")
+
+
+def ratio_of_means(pairs, i, j):
+    """mean(p[i]) / mean(p[j]) over pairs, NaN when there are none."""
+    return (mean_or_nan([p[i] for p in pairs]) / mean_or_nan([p[j] for p in pairs])
+            if pairs else float("nan"))
 
 
 def percentile(xs, q):
     return float(np.percentile(np.asarray(xs), q)) if len(xs) else float("nan")
 
 
-def run_workload(eng, mode, specs, plane, lookups, dp_proc):
-    """Serve `specs` (dicts with prompt, doc, arrival, keys) in `mode`; return metrics."""
+def run_workload(eng, mode, specs, plane, lookups, dp_proc, outputs=None):
+    """Serve `specs` (dicts with prompt, doc, arrival, keys) in `mode`; return metrics. With a
+    dict `outputs`, also put each request's generated tokens there by request id."""
     a = eng.args
     bt, ct = a.block_tokens, a.chunk_tokens
     bpc = ct // bt
@@ -356,11 +399,13 @@ def run_workload(eng, mode, specs, plane, lookups, dp_proc):
     decoding = []
     n_fetching = 0
     n_done = 0
-    steps = []          # (seconds, batch, padded context tokens, fetch in flight)
-    replay = []         # (seconds, loaded, inputs) of every decode step, to time again
+    steps = []  # (seconds, batch, padded context tokens, fetch in flight, input build s, GPU s)
+    replay = []         # (seconds, loaded, inputs, GPU s) of every decode step, to time again
     wire0 = plane.wire_bytes if plane else 0
     chunks_failed = 0
     fetching_modes = mode != "recompute"
+    on_device = a.step_inputs == "device"
+    timer = GpuTimer(eng.device)
 
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     dp0 = dp_proc.cpu_s() if dp_proc else 0.0
@@ -431,7 +476,12 @@ def run_workload(eng, mode, specs, plane, lookups, dp_proc):
             eng.sync()
             r.computed = end
             if end == len(r.prompt):
-                r.out.append(int(logits.argmax().item()))
+                first = logits.argmax()
+                r.out.append(int(first.item()))
+                if on_device:
+                    r.tok_dev = first
+                    r.pos_dev = torch.full((), len(r.prompt), dtype=torch.int64,
+                                           device=eng.device)
                 r.t_first = now()
                 prefill_q.popleft()
                 decoding.append(r)
@@ -449,13 +499,26 @@ def run_workload(eng, mode, specs, plane, lookups, dp_proc):
                     s = torch.nn.functional.pad(s, (0, S - s.shape[0]))
                 rows.append(s)
             ctx = torch.stack(rows)
-            pos_t = torch.tensor(pos, dtype=torch.int64, device=eng.device)
-            toks = torch.tensor([r.out[-1] for r in decoding], dtype=torch.int64,
-                                device=eng.device)
+            if on_device:
+                pos_t = torch.stack([r.pos_dev for r in decoding])
+                toks = torch.stack([r.tok_dev for r in decoding])
+            else:
+                pos_t = torch.tensor(pos, dtype=torch.int64, device=eng.device)
+                toks = torch.tensor([r.out[-1] for r in decoding], dtype=torch.int64,
+                                    device=eng.device)
+            tb = time.perf_counter()
+            timer.start()
             logits = eng.model.decode(eng.kv, toks, pos_t, ctx, pos_t + 1)
-            nxt = logits.argmax(-1).tolist()
-            steps.append((time.perf_counter() - ts, B, B * S, loaded))
-            replay.append((steps[-1][0], loaded, toks, pos_t, ctx))
+            nxt_t = logits.argmax(-1)
+            if on_device:
+                pos_next = pos_t + 1
+                for i, r in enumerate(decoding):
+                    r.pos_dev, r.tok_dev = pos_next[i], nxt_t[i]
+            timer.stop()
+            nxt = nxt_t.tolist()
+            t_step, t_gpu = time.perf_counter() - ts, timer.seconds()
+            steps.append((t_step, B, B * S, loaded, tb - ts, t_gpu))
+            replay.append((t_step, loaded, toks, pos_t, ctx, t_gpu))
             still = []
             for r, tok in zip(decoding, nxt):
                 r.out.append(tok)
@@ -488,12 +551,17 @@ def run_workload(eng, mode, specs, plane, lookups, dp_proc):
     for want in (True, False):
         cand = [x for x in replay if x[1] == want]
         stride = max(1, -(-len(cand) // a.replay_steps))
-        for t_run, _, toks, pos_t, ctx in cand[::stride]:
+        for t_run, _, toks, pos_t, ctx, gpu_run in cand[::stride]:
             eng.sync()
             ts = time.perf_counter()
-            eng.model.decode(eng.kv, toks, pos_t, ctx, pos_t + 1).argmax(-1).tolist()
-            quiet[want].append((t_run, time.perf_counter() - ts))
+            timer.start()
+            nxt_t = eng.model.decode(eng.kv, toks, pos_t, ctx, pos_t + 1).argmax(-1)
+            timer.stop()
+            nxt_t.tolist()
+            quiet[want].append((t_run, time.perf_counter() - ts, gpu_run, timer.seconds()))
     replay.clear()
+    if outputs is not None:
+        outputs.update({r.id: list(r.out) for r in reqs})
     return summarize(mode, reqs, steps, quiet, makespan,
                      (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime),
                      dp1 - dp0, (plane.wire_bytes - wire0) if plane else 0, chunks_failed)
@@ -503,20 +571,18 @@ def summarize(mode, reqs, steps, quiet, makespan, engine_cpu, dp_cpu, wire, chun
     ttft = [r.t_first - r.arrival for r in reqs]
     hit = [r.t_first - r.arrival for r in reqs if r.hit_chunks > 0]
     miss = [r.t_first - r.arrival for r in reqs if r.hit_chunks == 0]
-    loaded = [(s, b, n) for s, b, n, l in steps if l]
-    free = [s for s, _, _, l in steps if not l]
+    loaded = [(s, b, n) for s, b, n, l, *_ in steps if l]
+    free = [s for s, _, _, l, *_ in steps if not l]
     loaded_ms = [1e3 * s for s, _, _ in loaded]
     if quiet[True]:
         # The paired ratio over the replayed loaded steps (in-run mean / replay mean of the
         # same steps) scales the mean of all loaded steps to their no-fetch time.
-        loaded_ratio = (float(np.mean([t for t, _ in quiet[True]])) /
-                        float(np.mean([q for _, q in quiet[True]])))
+        loaded_ratio = ratio_of_means(quiet[True], 0, 1)
         nofetch_ms = float(np.mean(loaded_ms)) / loaded_ratio
     else:
         nofetch_ms = 1e3 * float(np.mean(free)) if free else float("nan")
         loaded_ratio = float("nan")
-    control = (float(np.mean([t for t, _ in quiet[False]])) /
-               float(np.mean([q for _, q in quiet[False]])) if quiet[False] else float("nan"))
+    control = ratio_of_means(quiet[False], 0, 1)
     first = min(r.arrival for r in reqs)
     span = max(r.t_done for r in reqs) - first
     out_tokens = sum(len(r.out) for r in reqs)
@@ -535,6 +601,13 @@ def summarize(mode, reqs, steps, quiet, makespan, engine_cpu, dp_cpu, wire, chun
         tpot_nofetch_observed_mean_ms=1e3 * float(np.mean(free)) if free else float("nan"),
         ttft_hit_mean_s=float(np.mean(hit)) if hit else float("nan"),
         ttft_miss_mean_s=float(np.mean(miss)) if miss else float("nan"))
+    # Where a loaded step's time went: building its inputs on the host (with --step-inputs
+    # host, two pageable host-to-device copies), and its GPU time (CUDA events around the
+    # model and the argmax) in the run and in the replay of the same steps.
+    m["step_build_loaded_ms"] = 1e3 * mean_or_nan([b for _, _, _, l, b, _ in steps if l])
+    m["step_build_free_ms"] = 1e3 * mean_or_nan([b for _, _, _, l, b, _ in steps if not l])
+    m["step_gpu_loaded_over_replay"] = ratio_of_means(quiet[True], 2, 3)
+    m["step_gpu_control"] = ratio_of_means(quiet[False], 2, 3)
     m["tpot_loaded_over_nofetch"] = loaded_ratio
     m["replay_control"] = control
     m["tpot_loaded_over_nofetch_adj"] = loaded_ratio / control
@@ -805,6 +878,9 @@ def parse_args(argv=None):
     p.add_argument("--chunk-tokens", type=int, default=256)
     p.add_argument("--kv-gib", type=float, default=40.0)
     p.add_argument("--fetch-deadline-s", type=float, default=120.0)
+    p.add_argument("--step-inputs", choices=["host", "device"], default="host",
+                   help="a decode step's token and position tensors: copied from host lists "
+                   "each step (pageable, synchronous), or kept on the GPU from the last step")
     p.add_argument("--replay-steps", type=int, default=48,
                    help="decode steps of each kind (loaded, not) replayed after a run")
     p.add_argument("--redis-port", type=int, default=6379)
