@@ -37,7 +37,9 @@
  * else running:
  *   decode  shadow_chunk_decode_frame() of every frame of the scheme's containers (read back
  *           from the store) into one staging image, timed as bench/codec times it: decoded
- *           GB/s of one core, times T;
+ *           GB/s of one core, times T. Measured again right before each row, on the same CPU,
+ *           and that row's bound takes it: one core's speed drifts over a long run (clocks,
+ *           neighbours on a VM). The scheme's "terms" line shows its first measurement;
  *   store   GETs of the same values with the store alone: one handle opened with the
  *           pipeline's store options (so the same connections as its fetch thread), as many
  *           GETs in flight as the pipeline has receive buffers, each into its own rx-sized
@@ -48,6 +50,18 @@
  *           (host: a memcpy per run; cuda: batched H2D from pinned memory). With --cuda also a
  *           plain pinned H2D reference: large contiguous copies into device memory.
  * bound = min(T x decode, store, copy); the table names the smallest term.
+ *
+ * Beside each row, measured right before it with the same loop as the decode term, T cores
+ * alone: T decoders started together (a start barrier), each pinned to a CPU of its own from
+ * the pipeline's set (one per core before hyperthread siblings, as the scheduler spreads the
+ * pipeline's threads) and starting at its own place in the data set; decoded GB/s = all their
+ * bytes / the longest one's time. Hot: each into its own staging image; cycled: each frame
+ * after frame through its own pool / T bytes of slot-sized positions, wrapping as the pool's
+ * slots cycle FIFO, so that the destination is as cold as the pipeline's. A row that misses
+ * its bound reads: hot against T x one core is what T cores at once cost each other (clocks,
+ * shared LLC and memory bandwidth, neighbours), cycled against hot what cold slots cost, and
+ * the pipeline's decode GB/s per busy thread (its copy plans timed in) against cycled per core
+ * what is left to the pipeline itself.
  *
  * Memory. The pipeline's pool is pre-faulted at creation. Its resident cost is the growth of
  * this process's RSS outside shared memory (/proc/self/status VmRSS - RssShmem) from before
@@ -105,6 +119,7 @@
 #define DUMPS_MAX 16
 #define SCHEMES_MAX 16u
 #define THREADS_LIST_MAX 8u
+#define THREADS_MAX 64u            /* decode threads of one row */
 #define DEFAULT_CHUNKS 256u        /* 384 MiB of bf16 for minillama-h128 */
 #define QUICK_CHUNKS 32u
 #define DEFAULT_GB 1.5             /* bf16 GB per measurement */
@@ -219,8 +234,9 @@ struct scheme_run {
 	char prefix[SHADOW_KEY_PREFIX_MAX + 1];
 	char (*key_text)[SHADOW_STORE_KEY_MAX];
 	struct shadow_store *store; /* held open: a mem:// instance lives while a handle does */
-	uint8_t *cont;              /* every container, rx_nbytes apart */
+	uint8_t *cont;              /* every container, rx_nbytes apart, until the rows are done */
 	uint64_t *cont_nbytes;
+	struct shadow_chunk_view *views; /* cont parsed: what the decode terms decode */
 	uint64_t cont_total;
 	double ratio, save_s, store_gbps;
 	uint32_t save_threads;
@@ -434,17 +450,18 @@ static int parse_args(int argc, char **argv, struct options *o)
 		} else if ((v = bench_opt_value(argc, argv, &i, "--schemes", &missing)) != NULL) {
 			schemes = v;
 		} else if ((v = bench_opt_value(argc, argv, &i, "--threads", &missing)) != NULL) {
-			if (bench_parse_u32_list(v, 1, 64, o->threads, THREADS_LIST_MAX, &o->n_threads) <
-			    0) {
-				fprintf(stderr, "%s: --threads %s: want up to %u counts of 1..64\n",
-					o->prog, v, THREADS_LIST_MAX);
+			if (bench_parse_u32_list(v, 1, THREADS_MAX, o->threads, THREADS_LIST_MAX,
+						 &o->n_threads) < 0) {
+				fprintf(stderr, "%s: --threads %s: want up to %u counts of 1..%u\n",
+					o->prog, v, THREADS_LIST_MAX, THREADS_MAX);
 				return 2;
 			}
 			threads_set = true;
 		} else if ((v = bench_opt_value(argc, argv, &i, "--max-threads", &missing)) != NULL) {
 			unsigned long n = strtoul(v, &end, 10);
-			if (*v < '0' || *v > '9' || *end != '\0' || n < 1 || n > 64) {
-				fprintf(stderr, "%s: --max-threads %s: want 1..64\n", o->prog, v);
+			if (*v < '0' || *v > '9' || *end != '\0' || n < 1 || n > THREADS_MAX) {
+				fprintf(stderr, "%s: --max-threads %s: want 1..%u\n", o->prog, v,
+					THREADS_MAX);
 				return 2;
 			}
 			o->max_threads = (uint32_t)n;
@@ -626,6 +643,29 @@ static int pin_self(int cpu)
 	CPU_ZERO(&one);
 	CPU_SET(cpu, &one);
 	return -pthread_setaffinity_np(pthread_self(), sizeof(one), &one);
+}
+
+/* The first CPU of `cpu`'s core (from its thread_siblings_list, also copied into sib when
+ * given), or `cpu` itself when sysfs does not say. */
+static int cpu_core(int cpu, char *sib, size_t sib_nbytes)
+{
+	char path[128], line[256] = "";
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/sys/devices/system/cpu/cpu%d/topology/thread_siblings_list",
+		 cpu);
+	f = fopen(path, "r");
+	if (f != NULL) {
+		if (fgets(line, sizeof(line), f) == NULL)
+			line[0] = '\0';
+		fclose(f);
+	}
+	line[strcspn(line, "\n")] = '\0';
+	if (sib != NULL)
+		snprintf(sib, sib_nbytes, "%s", line);
+	char *end;
+	long first = strtol(line, &end, 10);
+	return end != line && first >= 0 && first < CPU_SETSIZE ? (int)first : cpu;
 }
 
 
@@ -1421,14 +1461,16 @@ static int scheme_save(struct bench *b, struct scheme_run *sr)
 	return rc;
 }
 
-/* GET every container back through the held handle (the decode term decodes them). */
+/* GET every container back through the held handle and parse it (the decode terms decode
+ * them). */
 static int scheme_read_back(struct bench *b, struct scheme_run *sr)
 {
 	const struct dataset *ds = &b->ds;
 
 	sr->cont = malloc((size_t)ds->n_chunks * ds->rx_nbytes);
 	sr->cont_nbytes = calloc(ds->n_chunks, sizeof(uint64_t));
-	if (sr->cont == NULL || sr->cont_nbytes == NULL) {
+	sr->views = calloc(ds->n_chunks, sizeof(*sr->views));
+	if (sr->cont == NULL || sr->cont_nbytes == NULL || sr->views == NULL) {
 		fprintf(stderr, "%s: out of memory for the containers\n", b->o->prog);
 		return -1;
 	}
@@ -1453,6 +1495,13 @@ static int scheme_read_back(struct bench *b, struct scheme_run *sr)
 		}
 		sr->cont_nbytes[i] = req.value_nbytes;
 		sr->cont_total += req.value_nbytes;
+		rc = shadow_chunk_parse(iov.iov_base, req.value_nbytes, &ds->keys[i], &ds->geom,
+					&sr->views[i]);
+		if (rc < 0) {
+			fprintf(stderr, "%s: %s: parsing %s: %s\n", b->o->prog, sr->scheme,
+				sr->key_text[i], shadow_strerror(rc));
+			return -1;
+		}
 	}
 	sr->ratio = (double)ds->n_chunks * (double)ds->chunk_nbytes / (double)sr->cont_total;
 	return 0;
@@ -1592,51 +1641,196 @@ static void scheme_delete_keys(struct bench *b, struct scheme_run *sr)
 /* ------------------------------------------------------------------------------------------ */
 
 /*
- * The decode term: one core decoding every frame of the scheme's containers into one staging
- * image (decode_frame calls only, as bench/codec), passes until min_time. Decoded GB/s.
+ * The decode terms share one loop, decode_frames(): a codec of its own decodes every frame of
+ * the scheme's containers with shadow_chunk_decode_frame() only, timed as bench/codec times
+ * it (the sum of the calls), going round the chunks from chunk `first`, into dst: each frame
+ * `stride` bytes after the last (0: one staging image, hot in cache), back to the start when
+ * the next would pass dst_nbytes, as the pipeline's slots cycle FIFO through its pool. Whole
+ * chunks until min_time has passed and every chunk was decoded once.
  */
-static int measure_decode(struct bench *b, struct scheme_run *sr, double *gbps_ret)
-{
-	const struct dataset *ds = &b->ds;
-	struct shadow_chunk_view *views = calloc(ds->n_chunks, sizeof(*views));
-	uint8_t *stage = aligned_alloc(4096, round_up(ds->frame_nbytes, 4096));
-	struct shadow_codec *codec = NULL;
-	uint64_t ns = 0, frames = 0, t_start;
-	int rc = -ENOMEM;
+struct start_gate {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	uint32_t n, arrived;
+	int state; /* 0: waiting for all n; 1: go; -1: abort (a decoder or a thread failed) */
+};
 
-	if (views == NULL || stage == NULL)
-		goto out;
-	memset(stage, 0x5a, round_up(ds->frame_nbytes, 4096));
+struct decoder {
+	struct bench *b;
+	const struct scheme_run *sr;
+	uint8_t *dst;
+	uint64_t dst_nbytes, stride;
+	uint32_t first;
+	int cpu;                 /* decoder_main pins itself here first; -1: not pinned */
+	struct start_gate *gate; /* NULL: start at once */
+	uint64_t bytes, ns;      /* decoded, and the time inside decode_frame */
+};
+
+/* The start barrier, with a way out: arrive with rc (< 0 aborts everyone); true: go. */
+static bool gate_arrive(struct start_gate *g, int rc)
+{
+	bool go;
+
+	pthread_mutex_lock(&g->mu);
+	if (rc < 0)
+		g->state = -1;
+	else if (++g->arrived == g->n && g->state == 0)
+		g->state = 1;
+	pthread_cond_broadcast(&g->cv);
+	while (g->state == 0)
+		pthread_cond_wait(&g->cv, &g->mu);
+	go = g->state > 0;
+	pthread_mutex_unlock(&g->mu);
+	return go;
+}
+
+/* Decode as above into d->bytes and d->ns. 0, or a codec error (not printed). */
+static int decode_frames(struct decoder *d)
+{
+	const struct dataset *ds = &d->b->ds;
+	struct shadow_codec *codec = NULL;
+	uint64_t off = 0, t_start;
+	int rc;
+
+	d->bytes = d->ns = 0;
 	rc = shadow_codec_create(&ds->geom, &codec);
 	if (rc == 0 && ds->transform != NULL)
 		rc = shadow_codec_set_transform(codec, ds->transform);
-	for (uint32_t i = 0; i < ds->n_chunks && rc == 0; i++)
-		rc = shadow_chunk_parse(sr->cont + (size_t)i * ds->rx_nbytes, sr->cont_nbytes[i],
-					&ds->keys[i], &ds->geom, &views[i]);
+	/* Every page touched before the start, from the decoder's own CPU (not with zeros: see
+	 * measure_store). */
+	if (rc == 0)
+		memset(d->dst, 0x5a, d->dst_nbytes);
+	if (d->gate != NULL && !gate_arrive(d->gate, rc))
+		goto out;
 	t_start = bench_now_ns();
-	while (rc == 0) {
-		for (uint32_t i = 0; i < ds->n_chunks && rc == 0; i++) {
-			for (uint32_t f = 0; f < ds->n_frames && rc == 0; f++) {
-				uint64_t t0 = bench_now_ns();
-				rc = shadow_chunk_decode_frame(codec, &views[i], f,
-							       &ds->dst.spec.layout, stage,
-							       ds->frame_nbytes);
-				ns += bench_now_ns() - t0;
-				frames++;
-			}
+	for (uint64_t k = 0; rc == 0; k++) {
+		const struct shadow_chunk_view *v = &d->sr->views[(d->first + k) % ds->n_chunks];
+		for (uint32_t f = 0; f < ds->n_frames && rc == 0; f++) {
+			uint64_t t0 = bench_now_ns();
+			rc = shadow_chunk_decode_frame(codec, v, f, &ds->dst.spec.layout,
+						       d->dst + off, ds->frame_nbytes);
+			d->ns += bench_now_ns() - t0;
+			d->bytes += ds->frame_nbytes;
+			off += d->stride;
+			if (off + ds->frame_nbytes > d->dst_nbytes)
+				off = 0;
 		}
-		if (bench_seconds(t_start, bench_now_ns()) >= b->o->min_time)
+		if (k + 1 >= ds->n_chunks &&
+		    bench_seconds(t_start, bench_now_ns()) >= d->b->o->min_time)
 			break;
 	}
 out:
-	if (rc < 0)
+	shadow_codec_free(codec);
+	return rc;
+}
+
+/* The decode term: decode_frames() on this thread into one staging image. Decoded GB/s. */
+static int measure_decode(struct bench *b, const struct scheme_run *sr, double *gbps_ret)
+{
+	const uint64_t img = round_up(b->ds.frame_nbytes, 4096);
+	struct decoder d = { .b = b, .sr = sr, .dst_nbytes = img, .cpu = -1 };
+	int rc = -ENOMEM;
+
+	d.dst = aligned_alloc(4096, img);
+	if (d.dst != NULL)
+		rc = decode_frames(&d);
+	free(d.dst);
+	if (rc < 0) {
 		fprintf(stderr, "%s: %s: decode term: %s\n", b->o->prog, sr->scheme,
 			shadow_strerror(rc));
-	else
-		*gbps_ret = gbps(frames * ds->frame_nbytes, (double)ns * 1e-9);
-	shadow_codec_free(codec);
-	free(stage);
-	free(views);
+		return -1;
+	}
+	*gbps_ret = gbps(d.bytes, (double)d.ns * 1e-9);
+	return 0;
+}
+
+/* A thread of decode_alone(); prints its own failure. Returns its status as a pointer. */
+static void *decoder_main(void *arg)
+{
+	struct decoder *d = arg;
+	const char *what = "pinning";
+	int rc = d->cpu >= 0 ? pin_self(d->cpu) : 0;
+
+	if (rc < 0)
+		(void)gate_arrive(d->gate, rc);
+	else if ((rc = decode_frames(d)) < 0)
+		what = "decoding";
+	if (rc < 0)
+		fprintf(stderr, "%s: %s: decoders alone: %s on CPU %d: %s\n", d->b->o->prog,
+			d->sr->scheme, what, d->cpu, shadow_strerror(rc));
+	return rc < 0 ? arg : NULL;
+}
+
+/*
+ * T cores alone: `threads` decoders at once, decoder k on cpus[k] (-1: not pinned), each from
+ * its own place in the data set (so that no two read the same containers at the same time),
+ * all started together; into its own staging image (hot) or through its own pool / T bytes of
+ * slot-sized positions in memory of the pool's kind (cycled). Aggregate decoded GB/s: every
+ * decoder's bytes / the longest decoder's time. 0 or -1 (printed).
+ */
+static int decode_alone(struct bench *b, const struct scheme_run *sr, const int *cpus,
+			uint32_t threads, bool cycled, double *gbps_ret)
+{
+	const struct dataset *ds = &b->ds;
+	const uint64_t per = cycled ? SHADOW_MAX(b->o->pool_nbytes / threads / ds->slot_nbytes,
+						 UINT64_C(1)) * ds->slot_nbytes
+				    : round_up(ds->frame_nbytes, 4096);
+	struct start_gate gate = {
+		.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .n = threads,
+	};
+	struct decoder *d = calloc(threads, sizeof(*d));
+	pthread_t *tid = calloc(threads, sizeof(*tid));
+	uint8_t *mem = NULL;
+	uint64_t bytes = 0, ns = 0;
+	uint32_t started = 0;
+	int rc = 0;
+
+	if (d == NULL || tid == NULL) {
+		fprintf(stderr, "%s: %s: decoders alone: out of memory\n", b->o->prog, sr->scheme);
+		rc = -ENOMEM;
+		goto out;
+	}
+	rc = shadow__copy_pool_alloc(per * threads, b->o->cuda, (void **)&mem);
+	if (rc < 0) {
+		fprintf(stderr, "%s: %s: decoders alone: %llu MiB of pool memory: %s\n", b->o->prog,
+			sr->scheme, (unsigned long long)(per * threads / MIB), shadow_strerror(rc));
+		goto out;
+	}
+	for (uint32_t k = 0; k < threads; k++) {
+		d[k] = (struct decoder){
+			.b = b,
+			.sr = sr,
+			.dst = mem + k * per,
+			.dst_nbytes = per,
+			.stride = cycled ? ds->slot_nbytes : 0,
+			.first = (uint32_t)((uint64_t)k * ds->n_chunks / threads),
+			.cpu = cpus[k],
+			.gate = &gate,
+		};
+		rc = -pthread_create(&tid[k], NULL, decoder_main, &d[k]);
+		if (rc < 0) {
+			fprintf(stderr, "%s: %s: decoders alone: pthread_create: %s\n", b->o->prog,
+				sr->scheme, strerror(-rc));
+			(void)gate_arrive(&gate, rc); /* the ones started wait for no more */
+			break;
+		}
+		started++;
+	}
+	for (uint32_t k = 0; k < started; k++) {
+		void *failed = NULL;
+		(void)pthread_join(tid[k], &failed);
+		if (failed != NULL && rc == 0)
+			rc = -ECANCELED; /* printed by the thread */
+		bytes += d[k].bytes;
+		ns = SHADOW_MAX(ns, d[k].ns);
+	}
+	if (rc == 0)
+		*gbps_ret = gbps(bytes, (double)ns * 1e-9);
+out:
+	if (mem != NULL)
+		shadow__copy_pool_free(mem, per * threads, b->o->cuda);
+	free(tid);
+	free(d);
 	return rc < 0 ? -1 : 0;
 }
 
@@ -1956,8 +2150,79 @@ static void print_row(const struct row *r)
 }
 
 /*
- * Fetch with T decode threads: create the pipeline, one untimed pass, the timed run, the
- * row. The first run of a scheme also checks the destination. 0 or -1 (printed).
+ * `n` CPUs of the pipeline's set for decoders alone into cpus[] (-1 each when not pinned):
+ * one per core first, as the scheduler spreads the pipeline's floating threads over idle
+ * cores first, then hyperthread siblings. The set holds at least n CPUs.
+ */
+static void alone_cpus(const struct bench *b, uint32_t n, int *cpus)
+{
+	cpu_set_t taken, cores;
+	uint32_t k = 0;
+
+	if (!b->pinned) {
+		for (k = 0; k < n; k++)
+			cpus[k] = -1;
+		return;
+	}
+	CPU_ZERO(&taken);
+	CPU_ZERO(&cores);
+	for (int pass = 0; pass < 2; pass++) {
+		for (int c = 0; c < CPU_SETSIZE && k < n; c++) {
+			if (!CPU_ISSET(c, &b->pipe_cpus) || CPU_ISSET(c, &taken))
+				continue;
+			int core = cpu_core(c, NULL, 0);
+			if (pass == 0 && CPU_ISSET(core, &cores))
+				continue;
+			CPU_SET(core, &cores);
+			CPU_SET(c, &taken);
+			cpus[k++] = c;
+		}
+	}
+}
+
+/*
+ * The decode terms of a row with T decode threads, right before it: one core on measure_cpu
+ * (into *one_ret, the row's bound), then T cores alone, hot and cycled (decode_alone), on
+ * the CPUs named into cpus_text. 0 or -1 (printed).
+ */
+static int row_decode_terms(struct bench *b, const struct scheme_run *sr, uint32_t threads,
+			    double *one_ret, double *hot_ret, double *cycled_ret, char *cpus_text,
+			    size_t cpus_text_nbytes)
+{
+	int cpus[THREADS_MAX], rc;
+	cpu_set_t set;
+
+	if (b->pinned && (rc = pin_self(b->measure_cpu)) < 0) {
+		fprintf(stderr, "%s: cannot pin the main thread to CPU %d: %s\n", b->o->prog,
+			b->measure_cpu, strerror(-rc));
+		return -1;
+	}
+	rc = measure_decode(b, sr, one_ret);
+	if (b->pinned)
+		(void)pin_self(b->main_cpu);
+	if (rc < 0)
+		return -1;
+	snprintf(cpus_text, cpus_text_nbytes, "any CPUs (not pinned)");
+	if (threads > b->n_pipe_cpus || threads > THREADS_MAX)
+		return 0; /* not run: NaN */
+	alone_cpus(b, threads, cpus);
+	if (b->pinned) {
+		CPU_ZERO(&set);
+		for (uint32_t k = 0; k < threads; k++)
+			CPU_SET(cpus[k], &set);
+		snprintf(cpus_text, cpus_text_nbytes, "CPUs ");
+		cpu_set_text(&set, cpus_text + 5, cpus_text_nbytes - 5);
+	}
+	if (decode_alone(b, sr, cpus, threads, false, hot_ret) < 0 ||
+	    decode_alone(b, sr, cpus, threads, true, cycled_ret) < 0)
+		return -1;
+	return 0;
+}
+
+/*
+ * Fetch with T decode threads: the row's decode terms, then create the pipeline, one untimed
+ * pass, the timed run, the row. The first run of a scheme also checks the destination. 0 or
+ * -1 (printed).
  */
 static int scheme_fetch(struct bench *b, struct scheme_run *sr, uint32_t threads)
 {
@@ -1969,8 +2234,12 @@ static int scheme_fetch(struct bench *b, struct scheme_run *sr, uint32_t threads
 	struct run_result warm, res;
 	uint64_t rss0, rss1;
 	uint32_t id;
+	double one = NAN, hot = NAN, cycled = NAN;
+	char cpus[256];
 	int rc;
 
+	if (row_decode_terms(b, sr, threads, &one, &hot, &cycled, cpus, sizeof(cpus)) < 0)
+		return -1;
 	pipeline_config(b, sr, threads, &cfg);
 	rss0 = rss_private_nbytes();
 	rc = shadow__pipeline_create(&cfg, &pl);
@@ -2021,14 +2290,14 @@ static int scheme_fetch(struct bench *b, struct scheme_run *sr, uint32_t threads
 	}
 
 	struct row *row = &b->rows[b->n_rows++];
-	const double dec = b->decode1[sr->idx] * threads;
+	const double dec = one * threads;
 	const double st = sr->store_gbps * sr->ratio;
 	row->store = store_names[sr->store_kind];
 	row->scheme = sr->scheme;
 	row->threads = threads;
 	row->goodput = gbps(res.bytes_out, res.seconds);
 	row->cpu_per_gb = res.bytes_out > 0 ? res.cpu_s / ((double)res.bytes_out * 1e-9) : NAN;
-	row->decode1 = b->decode1[sr->idx];
+	row->decode1 = one;
 	row->store_gbps = st;
 	row->copy_gbps = b->copy_gbps;
 	if (dec <= st && dec <= b->copy_gbps)
@@ -2049,6 +2318,11 @@ static int scheme_fetch(struct bench *b, struct scheme_run *sr, uint32_t threads
 	       gbps(s1.bytes_decoded - s0.bytes_decoded, dec_s),
 	       100.0 * dec_s / (res.seconds * threads), res.user_s,
 	       fmax(0.0, res.cpu_s - res.user_s), (double)res.bytes_out * 1e-9, res.seconds);
+	/* Against it, decoders alone, measured before the run: what T cores at once cost each
+	 * other (hot vs T x one core), and what cold slots cost (cycled vs hot). */
+	printf("%*s decode alone: 1 core %.3f GB/s (x%u = %.3f); %u at once on %s: hot %.3f "
+	       "(%.3f per core), cycled %.3f (%.3f per core)\n", 6, "", one, threads,
+	       one * threads, threads, cpus, hot, hot / threads, cycled, cycled / threads);
 	if (b->csv != NULL) {
 		fprintf(b->csv, "%s,%s,%u,%.6g,%.6g,%.6g\n", row->store, row->scheme, threads,
 			row->goodput, row->cpu_per_gb, row->bound);
@@ -2120,8 +2394,6 @@ static int run_scheme(struct bench *b, enum store_kind kind, uint32_t idx, const
 		       b->copy_gbps);
 		fflush(stdout);
 	}
-	free(sr.cont); /* the decode term is done with them */
-	sr.cont = NULL;
 	if (rc == 0)
 		rc = copy_frames(b, true); /* what the check reads back is this scheme's */
 	for (uint32_t t = 0; t < o->n_threads && rc == 0; t++) {
@@ -2132,6 +2404,8 @@ static int run_scheme(struct bench *b, enum store_kind kind, uint32_t idx, const
 	if (kind == ST_REDIS)
 		scheme_delete_keys(b, &sr);
 	shadow_store_close(sr.store);
+	free(sr.views); /* the rows' decode terms are done with them */
+	free(sr.cont);
 	free(sr.cont_nbytes);
 	free(sr.key_text);
 	return rc;
@@ -2203,17 +2477,8 @@ static void print_setup(const struct bench *b)
 	if (b->pinned) {
 		/* Hyperthreads: the decode term runs alone on its core; decode threads on two
 		 * siblings share one, and each runs slower than the term says. */
-		char path[128], sib[256] = "";
-		snprintf(path, sizeof(path),
-			 "/sys/devices/system/cpu/cpu%d/topology/thread_siblings_list",
-			 b->measure_cpu);
-		FILE *f = fopen(path, "r");
-		if (f != NULL) {
-			if (fgets(sib, sizeof(sib), f) == NULL)
-				sib[0] = '\0';
-			fclose(f);
-		}
-		sib[strcspn(sib, "\n")] = '\0';
+		char sib[256];
+		(void)cpu_core(b->measure_cpu, sib, sizeof(sib));
 		if (strpbrk(sib, ",-") != NULL)
 			printf("smt: CPU %d shares its core with hyperthread siblings (%s): decode "
 			       "threads on siblings run slower than one core alone\n",

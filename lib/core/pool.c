@@ -34,18 +34,91 @@ static int shadow_pool_geometry(size_t slot_nbytes, uint32_t n_slots, size_t *al
 	return 0;
 }
 
-/* The descriptor and free ring, with every slot of [base, base + mem_nbytes) in the ring. */
+/* ------------------------------------------------------------------------------------------ */
+/* The free stack (DESIGN in pool.h)                                                           */
+/* ------------------------------------------------------------------------------------------ */
+
+#define TOP_INDEX(top) ((uint32_t)(top))            /* index + 1; 0: empty */
+#define TOP_NEXT(top, index1) ((((top) >> 32) + 1) << 32 | (uint64_t)(index1))
+
+static void stack_push(struct shadow__pool *pool, void *slot)
+{
+	const uint32_t idx = shadow__pool_slot_index(pool, slot);
+	uint64_t top = atomic_load_explicit(&pool->free_top, memory_order_relaxed);
+
+	/* Counted before it is on the stack and uncounted after it left: never below zero. */
+	atomic_fetch_add_explicit(&pool->n_free, 1, memory_order_relaxed);
+	do
+		atomic_store_explicit(&pool->free_next[idx], TOP_INDEX(top), memory_order_relaxed);
+	while (!atomic_compare_exchange_weak_explicit(&pool->free_top, &top, TOP_NEXT(top, idx + 1),
+						      memory_order_release, memory_order_relaxed));
+}
+
+/* The top slot, or NULL when the stack is empty. */
+static void *stack_pop(struct shadow__pool *pool)
+{
+	uint64_t top = atomic_load_explicit(&pool->free_top, memory_order_acquire);
+	uint32_t idx1;
+
+	do {
+		idx1 = TOP_INDEX(top);
+		if (idx1 == 0)
+			return NULL;
+		/* May be stale if the top changed meanwhile: then the swap fails (the tag). */
+		uint32_t next = atomic_load_explicit(&pool->free_next[idx1 - 1],
+						     memory_order_relaxed);
+		if (atomic_compare_exchange_weak_explicit(&pool->free_top, &top,
+							  TOP_NEXT(top, next),
+							  memory_order_acquire,
+							  memory_order_acquire))
+			break;
+	} while (true);
+	atomic_fetch_sub_explicit(&pool->n_free, 1, memory_order_relaxed);
+	return shadow__pool_slot_ptr(pool, idx1 - 1);
+}
+
+/* Push n slots, objs[n - 1] ending on top. */
+static void stack_push_n(struct shadow__pool *pool, void *const *objs, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++)
+		stack_push(pool, objs[i]);
+}
+
+/* Pop up to n slots into objs (the top first); how many. */
+static uint32_t stack_pop_burst(struct shadow__pool *pool, void **objs, uint32_t n)
+{
+	uint32_t got = 0;
+	void *slot;
+
+	while (got < n && (slot = stack_pop(pool)) != NULL)
+		objs[got++] = slot; /* objs past what was got stay untouched */
+	return got;
+}
+
+/* Pop exactly n slots or none (the ones popped go back, in their order). */
+static bool stack_pop_bulk(struct shadow__pool *pool, void **objs, uint32_t n)
+{
+	uint32_t got = stack_pop_burst(pool, objs, n);
+
+	if (got == n)
+		return true;
+	while (got > 0)
+		stack_push(pool, objs[--got]);
+	return false;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Construction                                                                               */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The descriptor and free stack, with every slot of [base, base + mem_nbytes) on the stack. */
 static int shadow_pool_setup(struct shadow__pool **pool_ret, uint8_t *base, size_t stride,
 			     uint32_t n_slots, size_t align, size_t mem_nbytes)
 {
-	uint32_t ring_cap = 2;
 	struct shadow__pool *pool;
 	size_t desc_nbytes = shadow_pool_desc_nbytes();
-	int rc;
 
-	while (ring_cap < n_slots)
-		ring_cap <<= 1;
-	pool = shadow__alloc_aligned(desc_nbytes + shadow__ring_memsize(ring_cap),
+	pool = shadow__alloc_aligned(desc_nbytes + (size_t)n_slots * sizeof(*pool->free_next),
 				     SHADOW_CACHE_LINE);
 	if (pool == NULL)
 		return -ENOMEM;
@@ -56,33 +129,23 @@ static int shadow_pool_setup(struct shadow__pool **pool_ret, uint8_t *base, size
 	pool->mem_nbytes = mem_nbytes;
 	pool->n_slots = n_slots;
 	pool->stride_shift = shadow_is_pow2(stride) ? __builtin_ctzll(stride) : -1;
-	pool->free_ring = (struct shadow__ring *)(void *)((uint8_t *)pool + desc_nbytes);
-	rc = shadow__ring_init(pool->free_ring, ring_cap);
-	if (rc < 0)
-		goto err_free_pool;
+	pool->free_next = (_Atomic uint32_t *)(void *)((uint8_t *)pool + desc_nbytes);
+	atomic_init(&pool->free_top, 0);
+	atomic_init(&pool->n_free, 0);
 #if defined(SHADOW_TESTING)
 	pool->in_use = shadow__alloc_aligned(n_slots, SHADOW_CACHE_LINE);
 	if (pool->in_use == NULL) {
-		rc = -ENOMEM;
-		goto err_free_pool;
+		shadow__free_aligned(pool);
+		return -ENOMEM;
 	}
 	for (uint32_t i = 0; i < n_slots; i++)
 		atomic_init(&pool->in_use[i], 0);
 #endif
-	/* In index order, so that a fresh pool hands out slot 0, 1, 2, ... */
-	for (uint32_t i = 0; i < n_slots; i++) {
-		void *slot = base + (size_t)i * stride;
-		uint32_t n = shadow__ring_sp_enqueue_bulk(pool->free_ring, &slot, 1);
-
-		SHADOW_ASSERT(n == 1);
-		(void)n;
-	}
+	/* Pushed from the last, so that a fresh pool hands out slot 0, 1, 2, ... */
+	for (uint32_t i = n_slots; i-- > 0;)
+		stack_push(pool, base + (size_t)i * stride);
 	*pool_ret = pool;
 	return 0;
-
-err_free_pool:
-	shadow__free_aligned(pool);
-	return rc;
 }
 
 int shadow__pool_create(struct shadow__pool **pool_ret, size_t slot_nbytes, uint32_t n_slots,
@@ -160,15 +223,8 @@ int shadow__pool_cache_init(struct shadow__pool_cache *cache, struct shadow__poo
 
 void shadow__pool_cache_flush(struct shadow__pool *pool, struct shadow__pool_cache *cache)
 {
-	uint32_t n;
-
 	SHADOW_ASSERT(cache->pool == pool);
-	if (cache->len == 0)
-		return;
-	/* Cannot fail: the ring has room for every slot (DESIGN). */
-	n = shadow__ring_mp_enqueue_bulk(pool->free_ring, cache->objs, cache->len);
-	SHADOW_ASSERT(n == cache->len);
-	(void)n;
+	stack_push_n(pool, cache->objs, cache->len);
 	cache->len = 0;
 }
 
@@ -176,7 +232,7 @@ void shadow__pool_cache_flush(struct shadow__pool *pool, struct shadow__pool_cac
 void shadow__pool_check_got(struct shadow__pool *pool, void *slot)
 {
 	uint32_t idx = shadow__pool_slot_index(pool, slot);
-	/* relaxed: a diagnostic flag; the ring orders the slot's handover. */
+	/* relaxed: a diagnostic flag; the stack orders the slot's handover. */
 	uint8_t was = atomic_exchange_explicit(&pool->in_use[idx], 1, memory_order_relaxed);
 
 	SHADOW_ASSERT(was == 0 && "a free slot was already in use");
@@ -193,14 +249,21 @@ void shadow__pool_check_put(struct shadow__pool *pool, void *slot)
 }
 #endif
 
-/* Refill the cache so that it holds at least n (<= size) slots; false if the ring ran dry. */
+/* Refill the cache so that it holds at least n (<= size) slots; false if the stack ran dry. */
 static bool shadow_pool_cache_refill(struct shadow__pool *pool, struct shadow__pool_cache *cache,
 				     uint32_t n)
 {
 	uint32_t want = SHADOW_MIN(cache->size - cache->len, n - cache->len + cache->size / 2);
 
-	cache->len += shadow__ring_mc_dequeue_burst(pool->free_ring, cache->objs + cache->len,
-						    want);
+	/* Popped top first, so reversed: the cache hands out its last entry first. */
+	uint32_t got = stack_pop_burst(pool, cache->objs + cache->len, want);
+	for (uint32_t i = 0; i < got / 2; i++) {
+		void **a = &cache->objs[cache->len + i], **b = &cache->objs[cache->len + got - 1 - i];
+		void *tmp = *a;
+		*a = *b;
+		*b = tmp;
+	}
+	cache->len += got;
 	return cache->len >= n;
 }
 
@@ -211,7 +274,7 @@ int shadow__pool_get_bulk(struct shadow__pool *pool, struct shadow__pool_cache *
 	if (n == 0)
 		return 0;
 	if (cache == NULL || n > cache->size) {
-		if (shadow__ring_mc_dequeue_bulk(pool->free_ring, objs, n) != n)
+		if (!stack_pop_bulk(pool, objs, n))
 			return -ENOBUFS;
 	} else {
 		if (cache->len < n && !shadow_pool_cache_refill(pool, cache, n))
@@ -229,8 +292,6 @@ int shadow__pool_get_bulk(struct shadow__pool *pool, struct shadow__pool_cache *
 void shadow__pool_put_bulk(struct shadow__pool *pool, struct shadow__pool_cache *cache,
 			   void *const *objs, uint32_t n)
 {
-	uint32_t done;
-
 	SHADOW_ASSERT(cache == NULL || cache->pool == pool);
 #if defined(SHADOW_TESTING)
 	for (uint32_t i = 0; i < n; i++)
@@ -239,19 +300,14 @@ void shadow__pool_put_bulk(struct shadow__pool *pool, struct shadow__pool_cache 
 	if (n == 0)
 		return;
 	if (cache == NULL || n > cache->size) {
-		/* Cannot fail: the ring has room for every slot (DESIGN). */
-		done = shadow__ring_mp_enqueue_bulk(pool->free_ring, objs, n);
-		SHADOW_ASSERT(done == n);
-		(void)done;
+		stack_push_n(pool, objs, n);
 		return;
 	}
 	if (cache->len + n > cache->size) {
-		/* Flush the oldest entries so that about size/2 remain after adding n. */
+		/* Push back the oldest entries so that about size/2 remain after adding n. */
 		uint32_t f = SHADOW_MIN(cache->len, cache->len + n - cache->size / 2);
 
-		done = shadow__ring_mp_enqueue_bulk(pool->free_ring, cache->objs, f);
-		SHADOW_ASSERT(done == f);
-		(void)done;
+		stack_push_n(pool, cache->objs, f);
 		cache->len -= f;
 		memmove(cache->objs, cache->objs + f, cache->len * sizeof(cache->objs[0]));
 	}
@@ -263,7 +319,7 @@ void shadow__pool_stats(struct shadow__pool *pool, struct shadow__pool_stats *st
 {
 	stats_ret->n_slots = pool->n_slots;
 	stats_ret->slot_nbytes = pool->slot_nbytes;
-	stats_ret->n_available = shadow__ring_count(pool->free_ring);
+	stats_ret->n_available = atomic_load_explicit(&pool->n_free, memory_order_relaxed);
 	stats_ret->base = pool->base;
 	stats_ret->mem_nbytes = pool->mem_nbytes;
 }

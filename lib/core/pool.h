@@ -12,21 +12,29 @@
  *	base                                                   base + n_slots * stride
  *	| slot 0   pad | slot 1   pad | ... | slot n-1   pad |
  *
- * The pool descriptor and its free ring come from the heap, not from that block, so the block
+ * The pool descriptor and its free list come from the heap, not from that block, so the block
  * holds nothing but slots and can be registered with a device as a whole.
  *
- * Free slots. Every free slot's pointer is in one MPMC ring (ring.h) whose capacity is n_slots
- * rounded up to a power of two, so a put never finds it full. A slot is always in exactly one
- * place: the ring, one cache, or with the one owner that got it.
+ * Free slots. Every free slot is on one lock-free LIFO stack (a Treiber stack): a next-slot
+ * index per slot, and a top word holding the top slot's index with a 32-bit tag that every
+ * push and pop bumps, changed by compare-and-swap. The tag is what makes a pop safe against
+ * ABA (the top popped and pushed back by others between a pop's read and its swap): it would
+ * take 2^32 operations inside that window to fool it. LIFO, not FIFO, so that the slot put
+ * back last, still warm in some core's cache, is the next one handed out, and a pool used far
+ * below its size keeps cycling through the same few slots: bench/pipeline measured a decoder
+ * writing frame after frame into slots cycled FIFO through a 256 MiB pool at 12-32% below the
+ * same decoder writing into one warm image (docs/results.md, "Data-plane pipeline"). The
+ * stack costs one compare-and-swap on a shared line per slot; a slot is always in exactly one
+ * place: the stack, one cache, or with the one owner that got it.
  *
  * Caches. A struct shadow__pool_cache is a small stack of free slot pointers in front of the
- * ring, owned by one thread at a time (usually one per worker, living in the worker's state), so
- * a get or put that hits it touches no shared cache line. A get on an empty cache refills it with
- * a burst of size/2 from the ring; a put on a full cache flushes its oldest size/2 entries back
- * with one bulk enqueue, keeping the recently used, cache-warm slots. Slots held in caches are
- * not available to other threads: size a pool with n_threads * cache size of headroom, and flush
- * a cache (shadow__pool_cache_flush) when its thread goes idle or exits. A NULL cache goes
- * straight to the ring and may be used from any thread.
+ * shared stack, owned by one thread at a time (usually one per worker, living in the worker's
+ * state), so a get or put that hits it touches no shared cache line. A get on an empty cache
+ * refills it with a burst of size/2 from the shared stack; a put on a full cache pushes its
+ * oldest size/2 entries back, keeping the recently used, cache-warm slots. Slots held in caches
+ * are not available to other threads: size a pool with n_threads * cache size of headroom, and
+ * flush a cache (shadow__pool_cache_flush) when its thread goes idle or exits. A NULL cache
+ * goes straight to the shared stack and may be used from any thread.
  *
  * Threading. shadow__pool_get/put and their bulk forms may be called from any number of threads
  * at once, each with its own cache or with NULL. A cache must not be used by two threads at the
@@ -38,8 +46,10 @@
  * a pointer that is not a slot of this pool, is a bug: SHADOW_TESTING builds assert on both (each
  * slot has an in-use byte there), release builds corrupt the pool.
  *
- * Memory order: the ring's release/acquire pairs (ring.h) order a slot's last use by the thread
- * that put it before its first use by the thread that gets it; caches add nothing, being
+ * Memory order: a push's compare-and-swap is a release, a pop reads the top and swaps it with
+ * acquire (so the next index it reads is the one the top's pusher wrote; the swaps between
+ * continue that push's release sequence). They order a slot's last use by the thread that put
+ * it before its first use by the thread that gets it; caches add nothing, being
  * single-threaded.
  */
 #ifndef SHADOW_CORE_POOL_H
@@ -51,10 +61,9 @@
 
 #include "core/alloc.h"
 #include "core/common.h"
-#include "core/ring.h"
 
 #define SHADOW_POOL_CACHE_MAX 64u
-#define SHADOW_POOL_SLOTS_MAX SHADOW_RING_CAPACITY_MAX
+#define SHADOW_POOL_SLOTS_MAX (UINT32_C(1) << 31) /* index + 1 fits the top word's low half */
 /* Largest slot alignment. */
 #define SHADOW_POOL_ALIGN_MAX SHADOW_REGION_HUGE_NBYTES
 
@@ -66,7 +75,11 @@ struct shadow__pool {
 	uint32_t n_slots;
 	int stride_shift;    /* log2(slot_nbytes) if a power of two, else -1 */
 	struct shadow__region region; /* the pool's own block; addr NULL when on caller memory */
-	struct shadow__ring *free_ring; /* inside this allocation, after the struct */
+	_Atomic uint32_t *free_next; /* per slot: index + 1 of the free slot under it, 0: none */
+	_Atomic uint32_t n_free;     /* on the stack: a snapshot for statistics */
+	/* The top of the free stack: tag << 32 | (top slot's index + 1), 0 in the low half when
+	 * empty. On a line of its own: every get and put swaps it. */
+	_Alignas(SHADOW_CACHE_LINE) _Atomic uint64_t free_top;
 	_Atomic uint8_t *in_use; /* SHADOW_TESTING: 1 per slot held by a user, else NULL */
 };
 
@@ -81,7 +94,7 @@ struct shadow__pool_cache {
 struct shadow__pool_stats {
 	uint32_t n_slots;
 	size_t slot_nbytes;  /* stride */
-	uint32_t n_available; /* in the shared ring: a snapshot, not counting slots in caches */
+	uint32_t n_available; /* on the shared stack: a snapshot, not counting slots in caches */
 	void *base;          /* the slot block, for registering it with a device */
 	size_t mem_nbytes;
 };
@@ -114,13 +127,13 @@ void shadow__pool_free(struct shadow__pool *pool) SHADOW_INTERNAL;
 int shadow__pool_cache_init(struct shadow__pool_cache *cache, struct shadow__pool *pool,
 			    uint32_t size) SHADOW_INTERNAL;
 
-/* Return every slot in the cache to the pool's ring. */
+/* Return every slot in the cache to the pool's shared stack. */
 void shadow__pool_cache_flush(struct shadow__pool *pool, struct shadow__pool_cache *cache)
 	SHADOW_INTERNAL;
 
 /*
  * Get n slots into objs, all or none (through cache if not NULL). Returns 0, or -ENOBUFS if
- * fewer than n are free in the ring plus this cache (other caches may still hold some).
+ * fewer than n are free on the shared stack plus this cache (other caches may still hold some).
  */
 int shadow__pool_get_bulk(struct shadow__pool *pool, struct shadow__pool_cache *cache,
 			  void **objs, uint32_t n) SHADOW_INTERNAL;

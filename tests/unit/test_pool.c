@@ -1,6 +1,7 @@
 /*
- * test_pool.c - the slot pool: arguments, exhaustion and reuse, slot geometry, caches, a pool on
- * caller memory, concurrent get/put from 4 threads, and the test-build checks on put.
+ * test_pool.c - the slot pool: arguments, exhaustion and reuse (last in, first out), slot
+ * geometry, caches, a pool on caller memory, concurrent get/put from 4 threads, and the
+ * test-build checks on put.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -92,6 +93,23 @@ static void test_exhaustion_and_reuse(void **state)
 	assert_int_equal(available(pool), 1);
 	assert_int_equal(shadow__pool_get(pool, NULL, &x), 0);
 	assert_ptr_equal(x, s[3]); /* reused */
+	/* Last in, first out: the slot put back last (warm in cache) is handed out first. */
+	shadow__pool_put(pool, NULL, s[5]);
+	shadow__pool_put(pool, NULL, s[1]);
+	shadow__pool_put(pool, NULL, s[8]);
+	assert_int_equal(shadow__pool_get_bulk(pool, NULL, pair, 2), 0);
+	assert_ptr_equal(pair[0], s[8]);
+	assert_ptr_equal(pair[1], s[1]);
+	assert_int_equal(shadow__pool_get(pool, NULL, &s[1]), 0);
+	assert_ptr_equal(s[1], s[5]);
+	s[1] = pair[1];
+	s[8] = pair[0];
+	shadow__pool_put(pool, NULL, x);
+	assert_int_equal(available(pool), 1);
+	/* A failed bulk get leaves the stack as it was. */
+	assert_int_equal(shadow__pool_get_bulk(pool, NULL, pair, 2), -ENOBUFS);
+	assert_int_equal(shadow__pool_get(pool, NULL, &x), 0);
+	assert_ptr_equal(x, s[3]);
 
 	shadow__pool_put_bulk(pool, NULL, s, 10);
 	assert_int_equal(available(pool), 10);
