@@ -43,9 +43,12 @@ Metrics (one CSV row per mode, link and load; docs/results.md says how to read t
               time goes: the detail CSV has the host time building its inputs
               (step_build_*; --step-inputs host copies the token and position lists to the
               GPU each step, pageable and synchronous, as simple engines do; device keeps
-              them on the GPU from the last step) and the in-run / replay ratio of its GPU
-              time (CUDA events around the model and the argmax: step_gpu_loaded_over_replay,
-              and step_gpu_control for the steps with no fetch in flight);
+              them on the GPU from the last step), the host time issuing its kernels
+              (step_launch_*: until the model and the argmax return, before waiting for
+              their result), and the in-run / replay ratio of its GPU time (CUDA events
+              around the model and the argmax, which also counts the GPU waiting for
+              launches: step_gpu_loaded_over_replay, and step_gpu_control for the steps with
+              no fetch in flight);
   throughput  requests (and output tokens) per second from the first arrival to the last
               completion; wire bytes (chunk bytes read from the store); CPU seconds of the
               engine process and of shadowd over the run.
@@ -87,7 +90,8 @@ DETAIL_HEADER = ["mode", "link_gbps", "load_rps", "requests", "hits", "chunks_fe
                  "loaded_steps", "tpot_all_mean_ms", "tpot_nofetch_observed_mean_ms",
                  "tpot_loaded_over_nofetch", "replay_control", "tpot_loaded_over_nofetch_adj",
                  "ttft_hit_mean_s", "ttft_miss_mean_s", "step_build_loaded_ms",
-                 "step_build_free_ms", "step_gpu_loaded_over_replay", "step_gpu_control"]
+                 "step_build_free_ms", "step_launch_loaded_ms", "step_launch_free_ms",
+                 "step_gpu_loaded_over_replay", "step_gpu_control"]
 MODEL_ID = "shadowserve-bench/"
 
 # Which store db and scheme each fetching mode reads (fill.py writes them).
@@ -370,6 +374,29 @@ class GpuTimer:
         return 1e-3 * self.ev[0].elapsed_time(self.ev[1])
 
 
+class EvenSample:
+    """An evenly spaced sample of a stream of unknown length, in bounded memory: keeps every
+    stride-th item, and when 2n are kept drops every other one and doubles the stride.
+    take() returns at most n of them, evenly spaced."""
+
+    def __init__(self, n):
+        self.n, self.stride, self.seen, self.items = max(1, n), 1, 0, []
+
+    def add(self, item):
+        if self.seen % self.stride == 0:
+            self.items.append(item)
+            if len(self.items) >= 2 * self.n:
+                self.items = self.items[::2]
+                self.stride *= 2
+        self.seen += 1
+
+    def take(self):
+        return self.items[::max(1, -(-len(self.items) // self.n))]
+
+    def clear(self):
+        self.items = []
+
+
 def mean_or_nan(xs):
     return float(np.mean(xs)) if len(xs) else float("nan")
 
@@ -400,7 +427,9 @@ def run_workload(eng, mode, specs, plane, lookups, dp_proc, outputs=None):
     n_fetching = 0
     n_done = 0
     steps = []  # (seconds, batch, padded context tokens, fetch in flight, input build s, GPU s)
-    replay = []         # (seconds, loaded, inputs, GPU s) of every decode step, to time again
+    # Decode steps to time again after the run, by whether a fetch was in flight: an evenly
+    # spaced sample of (seconds, inputs, GPU s), bounded whatever the run's length.
+    replay = {True: EvenSample(a.replay_steps), False: EvenSample(a.replay_steps)}
     wire0 = plane.wire_bytes if plane else 0
     chunks_failed = 0
     fetching_modes = mode != "recompute"
@@ -515,10 +544,11 @@ def run_workload(eng, mode, specs, plane, lookups, dp_proc, outputs=None):
                 for i, r in enumerate(decoding):
                     r.pos_dev, r.tok_dev = pos_next[i], nxt_t[i]
             timer.stop()
+            tl = time.perf_counter()
             nxt = nxt_t.tolist()
             t_step, t_gpu = time.perf_counter() - ts, timer.seconds()
-            steps.append((t_step, B, B * S, loaded, tb - ts, t_gpu))
-            replay.append((t_step, loaded, toks, pos_t, ctx, t_gpu))
+            steps.append((t_step, B, B * S, loaded, tb - ts, t_gpu, tl - tb))
+            replay[loaded].add((t_step, toks, pos_t, ctx, t_gpu))
             still = []
             for r, tok in zip(decoding, nxt):
                 r.out.append(tok)
@@ -549,9 +579,7 @@ def run_workload(eng, mode, specs, plane, lookups, dp_proc, outputs=None):
     # --replay-steps of each kind, evenly spaced.
     quiet = {True: [], False: []}
     for want in (True, False):
-        cand = [x for x in replay if x[1] == want]
-        stride = max(1, -(-len(cand) // a.replay_steps))
-        for t_run, _, toks, pos_t, ctx, gpu_run in cand[::stride]:
+        for t_run, toks, pos_t, ctx, gpu_run in replay[want].take():
             eng.sync()
             ts = time.perf_counter()
             timer.start()
@@ -559,7 +587,8 @@ def run_workload(eng, mode, specs, plane, lookups, dp_proc, outputs=None):
             timer.stop()
             nxt_t.tolist()
             quiet[want].append((t_run, time.perf_counter() - ts, gpu_run, timer.seconds()))
-    replay.clear()
+    for sample in replay.values():
+        sample.clear()
     if outputs is not None:
         outputs.update({r.id: list(r.out) for r in reqs})
     return summarize(mode, reqs, steps, quiet, makespan,
@@ -602,10 +631,14 @@ def summarize(mode, reqs, steps, quiet, makespan, engine_cpu, dp_cpu, wire, chun
         ttft_hit_mean_s=float(np.mean(hit)) if hit else float("nan"),
         ttft_miss_mean_s=float(np.mean(miss)) if miss else float("nan"))
     # Where a loaded step's time went: building its inputs on the host (with --step-inputs
-    # host, two pageable host-to-device copies), and its GPU time (CUDA events around the
-    # model and the argmax) in the run and in the replay of the same steps.
-    m["step_build_loaded_ms"] = 1e3 * mean_or_nan([b for _, _, _, l, b, _ in steps if l])
-    m["step_build_free_ms"] = 1e3 * mean_or_nan([b for _, _, _, l, b, _ in steps if not l])
+    # host, two pageable host-to-device copies), issuing the model's kernels (host time until
+    # model.decode and the argmax return, before the wait for their result), and its GPU time
+    # (CUDA events around the model and the argmax) in the run and in the replay of the same
+    # steps.
+    m["step_build_loaded_ms"] = 1e3 * mean_or_nan([b for _, _, _, l, b, _, _ in steps if l])
+    m["step_build_free_ms"] = 1e3 * mean_or_nan([b for _, _, _, l, b, _, _ in steps if not l])
+    m["step_launch_loaded_ms"] = 1e3 * mean_or_nan([x for _, _, _, l, _, _, x in steps if l])
+    m["step_launch_free_ms"] = 1e3 * mean_or_nan([x for _, _, _, l, _, _, x in steps if not l])
     m["step_gpu_loaded_over_replay"] = ratio_of_means(quiet[True], 2, 3)
     m["step_gpu_control"] = ratio_of_means(quiet[False], 2, 3)
     m["tpot_loaded_over_nofetch"] = loaded_ratio

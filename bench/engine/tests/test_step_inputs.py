@@ -2,7 +2,8 @@
 generation as the inputs copied from host lists each step (host), and write the same KV: the
 tiny model on the CPU, a batch of requests arriving at once, recompute mode (no store
 needed). (Its random weights make the tokens weakly dependent on positions; the KV, rotated
-by position and written at each position's slot, is the sharp check.)"""
+by position and written at each position's slot, is the sharp check.) And the sample of decode
+steps kept for the replay stays bounded and evenly spaced however long the run."""
 import os
 import sys
 
@@ -39,3 +40,18 @@ def test_device_inputs_generate_what_host_inputs_do():
     assert outs["device"] == outs["host"]
     assert kv["host"].abs().sum() > 0
     assert engine.torch.equal(kv["device"], kv["host"])
+
+
+def test_even_sample_is_bounded_and_evenly_spaced():
+    for total in (0, 1, 5, 47, 48, 96, 97, 1000, 4097):
+        s = engine.EvenSample(48)
+        for i in range(total):
+            s.add(i)
+            assert len(s.items) < 96
+        got = s.take()
+        assert len(got) <= min(total, 48)
+        assert len(got) >= min(total, 24)  # at least half of what was asked for
+        if total:
+            assert got[0] == 0
+            assert len({b - a for a, b in zip(got, got[1:])}) <= 1  # evenly spaced
+            assert got[-1] >= total // 2  # over the whole stream, not its start
