@@ -54,7 +54,13 @@
 #include "gpu/gpu.h"
 #include "pipeline/copy.h"
 
-#define CUDA_COPY_STREAMS 2u      /* per device; jobs alternate between them */
+/* Streams per device; jobs alternate between them. One: on the H100 host, 8 KiB runs scattered
+ * over a paged region copied at 4.6-6.7 GB/s from one stream against 2.8-3.5 GB/s from two
+ * (and 2.9-3.7 from four or eight), while large runs reach 83-98% of pinned H2D either way
+ * (docs/results.md, "Data-plane pipeline"). -DCUDA_COPY_STREAMS=N builds another count. */
+#ifndef CUDA_COPY_STREAMS
+#define CUDA_COPY_STREAMS 1u
+#endif
 #define CUDA_COPY_BATCH_MAX 4096u /* copies per batch call; a longer job takes several */
 #define CUDA_COPY_DEVICES_MAX 16u /* device ordinals a context can copy to */
 
