@@ -45,6 +45,8 @@
 
 #include <cmocka.h>
 
+#include "support/watchdog.h"
+
 #define TEST_ALARM_S 60
 #define READY_TIMEOUT_MS 5000
 #define IO_TIMEOUT_S 10
@@ -88,30 +90,6 @@ static void sleep_ms(unsigned ms)
 
 	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
 		;
-}
-
-static void on_alarm(int sig)
-{
-	static const char msg[] = "test_linkem: a test hung (TEST_ALARM_S): aborting\n";
-	(void)sig;
-	ssize_t w = write(2, msg, sizeof(msg) - 1);
-	(void)w;
-	_exit(1);
-}
-
-static int arm(void **state)
-{
-	(void)state;
-	signal(SIGALRM, on_alarm);
-	alarm(TEST_ALARM_S);
-	return 0;
-}
-
-static int disarm(void **state)
-{
-	(void)state;
-	alarm(0);
-	return 0;
 }
 
 static void set_nodelay(int fd)
@@ -1241,7 +1219,7 @@ static int bench(int argc, char **argv)
 	return 0;
 }
 
-#define T(f) cmocka_unit_test_setup_teardown(f, arm, disarm)
+#define T(f) cmocka_unit_test_setup_teardown(f, test_watchdog_arm, test_watchdog_disarm)
 
 int main(int argc, char **argv)
 {
@@ -1274,5 +1252,6 @@ int main(int argc, char **argv)
 		T(test_upstream_down),
 		T(test_usage),
 	};
+	test_watchdog_init("test_linkem", TEST_ALARM_S);
 	return cmocka_run_group_tests_name("linkem", tests, group_setup, group_teardown) != 0;
 }

@@ -53,6 +53,7 @@
 
 #include "client/proto.h"
 #include "support/redis_server.h"
+#include "support/watchdog.h"
 
 #define TEST_ALARM_S 120
 #define SLACK_MS 500                 /* scheduling slack on a shared 2-core machine */
@@ -85,30 +86,6 @@ static void sleep_ms(unsigned ms)
 			fail_msg("%s: status %d (%s), want %d (%s)", #got, g_,              \
 				 shadow_strerror(g_), w_, shadow_strerror(w_));            \
 	} while (0)
-
-static void on_alarm(int sig)
-{
-	static const char msg[] = "test_shadowd: a test hung (TEST_ALARM_S): aborting\n";
-	(void)sig;
-	ssize_t w = write(2, msg, sizeof(msg) - 1);
-	(void)w;
-	_exit(1);
-}
-
-static int arm(void **state)
-{
-	(void)state;
-	signal(SIGALRM, on_alarm);
-	alarm(TEST_ALARM_S);
-	return 0;
-}
-
-static int disarm(void **state)
-{
-	(void)state;
-	alarm(0);
-	return 0;
-}
 
 /* The test geometry: 2 layers, 2 KV heads, head_dim 128, bf16, 16-token blocks, 64-token
  * chunks (4 blocks per chunk, 32 KiB frames, 128 KiB of KV per chunk). */
@@ -1760,7 +1737,7 @@ static int redis_teardown(void **state)
 	return 0;
 }
 
-#define T(f) cmocka_unit_test_setup_teardown(f, arm, disarm)
+#define T(f) cmocka_unit_test_setup_teardown(f, test_watchdog_arm, test_watchdog_disarm)
 
 int main(int argc, char **argv)
 {
@@ -1790,6 +1767,7 @@ int main(int argc, char **argv)
 		T(test_cpus_and_env),
 		T(test_malformed),
 	};
+	test_watchdog_init("test_shadowd", TEST_ALARM_S);
 	failed = cmocka_run_group_tests_name("shadowd (mem://)", local, NULL, NULL);
 
 	if (shadow_test_redis_find(path, sizeof(path)) < 0) {
