@@ -300,33 +300,6 @@ static int parse_args(int argc, char **argv, struct options *o)
 	return 0;
 }
 
-/* The default inputs: every *.kvd.xz of the first shared data directory that has any. */
-static int find_default_dumps(struct options *o, glob_t *g)
-{
-	char dirs[3][4096];
-	const char *env = getenv("SHADOW_SHARED_DIR");
-	size_t n_dirs = 0;
-
-	if (env != NULL && *env != '\0')
-		snprintf(dirs[n_dirs++], sizeof(dirs[0]), "%s/data/kv", env);
-	snprintf(dirs[n_dirs++], sizeof(dirs[0]), "../shared/data/kv");
-#ifdef SHADOW_BENCH_SOURCE_DIR
-	snprintf(dirs[n_dirs++], sizeof(dirs[0]), "%s/../shared/data/kv", SHADOW_BENCH_SOURCE_DIR);
-#endif
-	for (size_t i = 0; i < n_dirs; i++) {
-		char pattern[4200];
-		snprintf(pattern, sizeof(pattern), "%.4000s/*.kvd.xz", dirs[i]);
-		memset(g, 0, sizeof(*g));
-		if (glob(pattern, 0, NULL, g) == 0 && g->gl_pathc > 0) {
-			for (size_t k = 0; k < g->gl_pathc; k++)
-				o->paths[o->n_paths++] = g->gl_pathv[k];
-			return 1;
-		}
-		globfree(g);
-	}
-	return 0;
-}
-
 /* ------------------------------------------------------------------------------------------ */
 /* Per-file setup                                                                             */
 /* ------------------------------------------------------------------------------------------ */
@@ -890,8 +863,19 @@ int shadow_bench_codec_main(int argc, char **argv)
 		return rc < 0 ? 0 : rc;
 	}
 	if (o.n_paths == 0 && !o.synthetic) {
-		have_glob = find_default_dumps(&o, &g) != 0;
-		if (!have_glob) {
+		have_glob = bench_kv_find_default(&g);
+		if (have_glob) {
+			char **p = realloc(o.paths, g.gl_pathc * sizeof(*p));
+			if (p == NULL) {
+				fprintf(stderr, "%s: out of memory\n", o.prog);
+				globfree(&g);
+				free_options(&o);
+				return 1;
+			}
+			o.paths = p;
+			for (size_t k = 0; k < g.gl_pathc; k++)
+				o.paths[o.n_paths++] = g.gl_pathv[k];
+		} else {
 			fprintf(stderr, "%s: no KV dumps given or found in $SHADOW_SHARED_DIR/data/kv "
 					"or ../shared/data/kv: using a synthetic KV\n", o.prog);
 			o.synthetic = true;

@@ -565,3 +565,26 @@ int bench_kv_to_region(const char *prog, const struct bench_kv *kv, uint32_t n_t
 		}
 	return 0;
 }
+
+bool bench_kv_find_default(glob_t *g)
+{
+	char dirs[3][4096];
+	const char *env = getenv("SHADOW_SHARED_DIR");
+	size_t n_dirs = 0;
+
+	if (env != NULL && *env != '\0')
+		snprintf(dirs[n_dirs++], sizeof(dirs[0]), "%s/data/kv", env);
+	snprintf(dirs[n_dirs++], sizeof(dirs[0]), "../shared/data/kv");
+#ifdef SHADOW_BENCH_SOURCE_DIR
+	snprintf(dirs[n_dirs++], sizeof(dirs[0]), "%s/../shared/data/kv", SHADOW_BENCH_SOURCE_DIR);
+#endif
+	for (size_t i = 0; i < n_dirs; i++) {
+		char pattern[4200];
+		snprintf(pattern, sizeof(pattern), "%.4000s/*.kvd.xz", dirs[i]);
+		memset(g, 0, sizeof(*g));
+		if (glob(pattern, 0, NULL, g) == 0 && g->gl_pathc > 0)
+			return true;
+		globfree(g);
+	}
+	return false;
+}

@@ -13,6 +13,7 @@
 #ifndef SHADOW_BENCH_KVDUMP_H
 #define SHADOW_BENCH_KVDUMP_H
 
+#include <glob.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -66,6 +67,13 @@ int bench_kv_load(const char *prog, const char *path, struct bench_kv *kv_ret);
 int bench_kv_synthetic(const char *prog, uint32_t n_tokens, struct bench_kv *kv_ret);
 
 void bench_kv_free(struct bench_kv *kv);
+
+/*
+ * The default inputs of the benchmarks: every *.kvd.xz of the first of $SHADOW_SHARED_DIR/
+ * data/kv, ../shared/data/kv and the source tree's ../shared/data/kv that has any, in g
+ * (globfree() it when done). Returns whether any was found (g is then set; else left freed).
+ */
+bool bench_kv_find_default(glob_t *g);
 
 /*
  * Copy the first n_tokens tokens of the dump into a paged region described by layout/geom

@@ -767,33 +767,6 @@ static void region_free(struct region *r)
 	r->fd = -1;
 }
 
-/* The default inputs: every *.kvd.xz of the first shared data directory that has any. */
-static int find_default_dumps(char ***paths_ret, size_t *n_ret, glob_t *g)
-{
-	char dirs[3][4096];
-	const char *env = getenv("SHADOW_SHARED_DIR");
-	size_t n_dirs = 0;
-
-	if (env != NULL && *env != '\0')
-		snprintf(dirs[n_dirs++], sizeof(dirs[0]), "%s/data/kv", env);
-	snprintf(dirs[n_dirs++], sizeof(dirs[0]), "../shared/data/kv");
-#ifdef SHADOW_BENCH_SOURCE_DIR
-	snprintf(dirs[n_dirs++], sizeof(dirs[0]), "%s/../shared/data/kv", SHADOW_BENCH_SOURCE_DIR);
-#endif
-	for (size_t i = 0; i < n_dirs; i++) {
-		char pattern[4200];
-		snprintf(pattern, sizeof(pattern), "%.4000s/*.kvd.xz", dirs[i]);
-		memset(g, 0, sizeof(*g));
-		if (glob(pattern, 0, NULL, g) == 0 && g->gl_pathc > 0) {
-			*paths_ret = g->gl_pathv;
-			*n_ret = g->gl_pathc;
-			return 1;
-		}
-		globfree(g);
-	}
-	return 0;
-}
-
 static int load_dumps(struct bench *b)
 {
 	const struct options *o = b->o;
@@ -805,7 +778,11 @@ static int load_dumps(struct bench *b)
 	int rc = 0;
 
 	if (!o->synthetic && n == 0)
-		globbed = find_default_dumps(&paths, &n, &g) != 0;
+		globbed = bench_kv_find_default(&g);
+	if (globbed) {
+		paths = g.gl_pathv;
+		n = g.gl_pathc;
+	}
 	if (o->synthetic || n == 0) {
 		ds->synthetic = true;
 		rc = bench_kv_synthetic(o->prog, SYNTHETIC_TOKENS, &ds->kv[0]);
