@@ -41,70 +41,112 @@ static int shadow_pool_geometry(size_t slot_nbytes, uint32_t n_slots, size_t *al
 #define TOP_INDEX(top) ((uint32_t)(top))            /* index + 1; 0: empty */
 #define TOP_NEXT(top, index1) ((((top) >> 32) + 1) << 32 | (uint64_t)(index1))
 
-static void stack_push(struct shadow__pool *pool, void *slot)
+/* objs[i]'s index + 1; 0 for a pointer that is not a slot (a caller's bug: SHADOW_TESTING
+ * builds assert on it, others drop it rather than write outside free_next). */
+static uint32_t slot_index1(const struct shadow__pool *pool, const void *slot)
 {
-	const uint32_t idx = shadow__pool_slot_index(pool, slot);
-	uint64_t top = atomic_load_explicit(&pool->free_top, memory_order_relaxed);
+	uintptr_t off = (uintptr_t)slot - (uintptr_t)pool->base;
 
-	/* Counted before it is on the stack and uncounted after it left: never below zero. */
-	atomic_fetch_add_explicit(&pool->n_free, 1, memory_order_relaxed);
+	SHADOW_ASSERT(shadow__pool_owns(pool, slot));
+	if (!shadow__pool_owns(pool, slot))
+		return 0;
+	return (pool->stride_shift >= 0 ? (uint32_t)(off >> pool->stride_shift)
+					: (uint32_t)(off / pool->slot_nbytes)) + 1;
+}
+
+/* Push n slots in one swap, objs[n - 1] ending on top. */
+static void stack_push_n(struct shadow__pool *pool, void *const *objs, uint32_t n)
+{
+	uint32_t bottom = 0, top1 = 0, pushed = 0;
+
+	/* Link them among themselves first: they are the caller's, no other thread writes their
+	 * links (a stale pop may read them: it then fails its swap). */
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t idx1 = slot_index1(pool, objs[i]);
+		if (idx1 == 0)
+			continue;
+		if (top1 != 0)
+			atomic_store_explicit(&pool->free_next[idx1 - 1], top1, memory_order_relaxed);
+		else
+			bottom = idx1;
+		top1 = idx1;
+		pushed++;
+	}
+	if (pushed == 0)
+		return;
+	/* Counted before they are on the stack, uncounted after they left: never below zero. */
+	atomic_fetch_add_explicit(&pool->n_free, pushed, memory_order_relaxed);
+	uint64_t top = atomic_load_explicit(&pool->free_top, memory_order_relaxed);
 	do
-		atomic_store_explicit(&pool->free_next[idx], TOP_INDEX(top), memory_order_relaxed);
-	while (!atomic_compare_exchange_weak_explicit(&pool->free_top, &top, TOP_NEXT(top, idx + 1),
+		atomic_store_explicit(&pool->free_next[bottom - 1], TOP_INDEX(top),
+				      memory_order_relaxed);
+	while (!atomic_compare_exchange_weak_explicit(&pool->free_top, &top, TOP_NEXT(top, top1),
 						      memory_order_release, memory_order_relaxed));
 }
 
-/* The top slot, or NULL when the stack is empty. */
-static void *stack_pop(struct shadow__pool *pool)
+static void stack_push(struct shadow__pool *pool, void *slot)
+{
+	stack_push_n(pool, &slot, 1);
+}
+
+/*
+ * Pop exactly n slots into objs (the top first), or none (objs untouched): walk n links down
+ * from the top, then swap the top past them. Links read while others change the stack may be
+ * stale, even out of range; the tag makes the swap fail then, and a walk that runs off the
+ * stack means "fewer than n free" only if the top is still the one it started from. Once the
+ * swap succeeded the n slots are this thread's and their links stay as they were, so a second
+ * walk hands them out.
+ */
+static bool stack_pop_bulk(struct shadow__pool *pool, void **objs, uint32_t n)
 {
 	uint64_t top = atomic_load_explicit(&pool->free_top, memory_order_acquire);
 	uint32_t idx1;
 
-	do {
-		idx1 = TOP_INDEX(top);
-		if (idx1 == 0)
-			return NULL;
-		/* May be stale if the top changed meanwhile: then the swap fails (the tag). */
-		uint32_t next = atomic_load_explicit(&pool->free_next[idx1 - 1],
-						     memory_order_relaxed);
-		if (atomic_compare_exchange_weak_explicit(&pool->free_top, &top,
-							  TOP_NEXT(top, next),
-							  memory_order_acquire,
-							  memory_order_acquire))
-			break;
-	} while (true);
-	atomic_fetch_sub_explicit(&pool->n_free, 1, memory_order_relaxed);
-	return shadow__pool_slot_ptr(pool, idx1 - 1);
-}
+	if (n == 0)
+		return true;
+	if (n > pool->n_slots)
+		return false;
+	for (;;) {
+		uint32_t got = 0;
 
-/* Push n slots, objs[n - 1] ending on top. */
-static void stack_push_n(struct shadow__pool *pool, void *const *objs, uint32_t n)
-{
-	for (uint32_t i = 0; i < n; i++)
-		stack_push(pool, objs[i]);
+		idx1 = TOP_INDEX(top);
+		while (got < n && idx1 != 0 && idx1 <= pool->n_slots) {
+			got++;
+			idx1 = atomic_load_explicit(&pool->free_next[idx1 - 1], memory_order_relaxed);
+		}
+		if (got == n) {
+			if (atomic_compare_exchange_weak_explicit(&pool->free_top, &top,
+								  TOP_NEXT(top, idx1),
+								  memory_order_acquire,
+								  memory_order_acquire))
+				break;
+			continue; /* top reloaded */
+		}
+		uint64_t now = atomic_load_explicit(&pool->free_top, memory_order_acquire);
+		if (now == top)
+			return false;
+		top = now;
+	}
+	atomic_fetch_sub_explicit(&pool->n_free, n, memory_order_relaxed);
+	idx1 = TOP_INDEX(top);
+	for (uint32_t i = 0; i < n; i++) {
+		objs[i] = shadow__pool_slot_ptr(pool, idx1 - 1);
+		idx1 = atomic_load_explicit(&pool->free_next[idx1 - 1], memory_order_relaxed);
+	}
+	return true;
 }
 
 /* Pop up to n slots into objs (the top first); how many. */
 static uint32_t stack_pop_burst(struct shadow__pool *pool, void **objs, uint32_t n)
 {
-	uint32_t got = 0;
-	void *slot;
+	uint32_t avail = atomic_load_explicit(&pool->n_free, memory_order_relaxed);
 
-	while (got < n && (slot = stack_pop(pool)) != NULL)
-		objs[got++] = slot; /* objs past what was got stay untouched */
-	return got;
-}
-
-/* Pop exactly n slots or none (the ones popped go back, in their order). */
-static bool stack_pop_bulk(struct shadow__pool *pool, void **objs, uint32_t n)
-{
-	uint32_t got = stack_pop_burst(pool, objs, n);
-
-	if (got == n)
-		return true;
-	while (got > 0)
-		stack_push(pool, objs[--got]);
-	return false;
+	/* Ask for what seems free, then for less while that fails: one swap in the usual case. */
+	for (uint32_t want = SHADOW_MAX(SHADOW_MIN(n, avail), n > 0 ? 1u : 0u); want > 0;
+	     want /= 2)
+		if (stack_pop_bulk(pool, objs, want))
+			return want;
+	return 0;
 }
 
 /* ------------------------------------------------------------------------------------------ */

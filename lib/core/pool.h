@@ -24,8 +24,11 @@
  * below its size keeps cycling through the same few slots: bench/pipeline measured a decoder
  * writing frame after frame into slots cycled FIFO through a 256 MiB pool at 12-32% below the
  * same decoder writing into one warm image (docs/results.md, "Data-plane pipeline"). The
- * stack costs one compare-and-swap on a shared line per slot; a slot is always in exactly one
- * place: the stack, one cache, or with the one owner that got it.
+ * stack costs a compare-and-swap and an atomic add on one shared line per get or put, bulk or
+ * not: a bulk get walks n links from the top and swaps the top past them in one go (all or
+ * none: other threads never see part of it taken), a bulk put links its slots first and
+ * swaps them on in one go. A slot is always in exactly one place: the stack, one cache, or
+ * with the one owner that got it.
  *
  * Caches. A struct shadow__pool_cache is a small stack of free slot pointers in front of the
  * shared stack, owned by one thread at a time (usually one per worker, living in the worker's
@@ -76,11 +79,12 @@ struct shadow__pool {
 	int stride_shift;    /* log2(slot_nbytes) if a power of two, else -1 */
 	struct shadow__region region; /* the pool's own block; addr NULL when on caller memory */
 	_Atomic uint32_t *free_next; /* per slot: index + 1 of the free slot under it, 0: none */
-	_Atomic uint32_t n_free;     /* on the stack: a snapshot for statistics */
-	/* The top of the free stack: tag << 32 | (top slot's index + 1), 0 in the low half when
-	 * empty. On a line of its own: every get and put swaps it. */
-	_Alignas(SHADOW_CACHE_LINE) _Atomic uint64_t free_top;
 	_Atomic uint8_t *in_use; /* SHADOW_TESTING: 1 per slot held by a user, else NULL */
+	/* The top of the free stack: tag << 32 | (top slot's index + 1), 0 in the low half when
+	 * empty; and how many slots it holds. On a line of their own, apart from the read-mostly
+	 * fields above: every get and put changes both. */
+	_Alignas(SHADOW_CACHE_LINE) _Atomic uint64_t free_top;
+	_Atomic uint32_t n_free; /* a snapshot for statistics, never below the true count */
 };
 
 /* Owned by one thread at a time; see DESIGN. Initialise with shadow__pool_cache_init(). */

@@ -1,7 +1,7 @@
 /*
  * test_pool.c - the slot pool: arguments, exhaustion and reuse (last in, first out), slot
- * geometry, caches, a pool on caller memory, concurrent get/put from 4 threads, and the
- * test-build checks on put.
+ * geometry, caches, a pool on caller memory, concurrent get/put from 4 threads, a bulk get
+ * that others never see half done, and the test-build checks on put.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -410,6 +410,64 @@ static void run_pool_threads(uint32_t n_slots, uint32_t iterations)
 	shadow__pool_free(pool);
 }
 
+/* A bulk getter that never holds more than 4 of the 8 slots, while the main thread gets and
+ * puts one at a time: a bulk get is all or none for the others too, so the single get never
+ * finds the pool empty. */
+struct bulk_hog {
+	struct shadow__pool *pool;
+	_Atomic bool stop;
+	uint64_t rounds, failed;
+};
+
+static void *bulk_hog_main(void *arg)
+{
+	struct bulk_hog *h = arg;
+	void *held[4];
+
+	while (!atomic_load_explicit(&h->stop, memory_order_relaxed)) {
+		if (shadow__pool_get_bulk(h->pool, NULL, held, 4) != 0) {
+			h->failed++; /* cannot happen: at most 1 + 4 of 8 are ever out */
+			continue;
+		}
+		shadow__pool_put_bulk(h->pool, NULL, held, 4);
+		h->rounds++;
+	}
+	return NULL;
+}
+
+static uint32_t scaled(uint32_t n);
+
+static void test_bulk_get_all_or_none_concurrent(void **state)
+{
+	(void)state;
+	struct bulk_hog h = { .rounds = 0 };
+	pthread_t t;
+	uint64_t empty = 0;
+	void *one, *nine[9];
+
+	assert_int_equal(shadow__pool_create(&h.pool, 64, 8, 64, 0), 0);
+	atomic_init(&h.stop, false);
+	/* More than the pool holds: refused at once, nothing taken. */
+	assert_int_equal(shadow__pool_get_bulk(h.pool, NULL, nine, 9), -ENOBUFS);
+	assert_int_equal(available(h.pool), 8);
+	assert_int_equal(pthread_create(&t, NULL, bulk_hog_main, &h), 0);
+	for (uint32_t i = 0; i < scaled(400000); i++) {
+		if (shadow__pool_get(h.pool, NULL, &one) != 0) {
+			empty++;
+			continue;
+		}
+		shadow__pool_put(h.pool, NULL, one);
+	}
+	atomic_store(&h.stop, true);
+	pthread_join(t, NULL);
+	print_message("bulk getter: %llu rounds; single gets that found no slot: %llu\n",
+		      (unsigned long long)h.rounds, (unsigned long long)empty);
+	assert_int_equal(empty, 0);
+	assert_int_equal(h.failed, 0);
+	assert_int_equal(available(h.pool), 8);
+	shadow__pool_free(h.pool);
+}
+
 static uint32_t scaled(uint32_t n)
 {
 	const char *s = getenv("SHADOW_TEST_SCALE");
@@ -511,6 +569,7 @@ int main(void)
 		cmocka_unit_test(test_cache),
 		cmocka_unit_test(test_caller_memory),
 		cmocka_unit_test(test_concurrent),
+		cmocka_unit_test(test_bulk_get_all_or_none_concurrent),
 		cmocka_unit_test(test_put_checks),
 	};
 
