@@ -356,16 +356,18 @@ class GpuTimer:
     CPU device. seconds() may be read once the stream has passed stop()."""
 
     def __init__(self, device):
+        device = torch.device(device)
         self.ev = ((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                   if torch.device(device).type == "cuda" else None)
+                   if device.type == "cuda" else None)
+        self.stream = torch.cuda.current_stream(device) if self.ev else None
 
     def start(self):
         if self.ev:
-            self.ev[0].record()
+            self.ev[0].record(self.stream)
 
     def stop(self):
         if self.ev:
-            self.ev[1].record()
+            self.ev[1].record(self.stream)
 
     def seconds(self):
         if not self.ev:
@@ -380,10 +382,10 @@ class EvenSample:
     take() returns at most n of them, evenly spaced."""
 
     def __init__(self, n):
-        self.n, self.stride, self.seen, self.items = max(1, n), 1, 0, []
+        self.n, self.stride, self.seen, self.items = n, 1, 0, []
 
     def add(self, item):
-        if self.seen % self.stride == 0:
+        if self.n > 0 and self.seen % self.stride == 0:
             self.items.append(item)
             if len(self.items) >= 2 * self.n:
                 self.items = self.items[::2]
@@ -391,7 +393,7 @@ class EvenSample:
         self.seen += 1
 
     def take(self):
-        return self.items[::max(1, -(-len(self.items) // self.n))]
+        return self.items[::max(1, -(-len(self.items) // self.n))] if self.n > 0 else []
 
     def clear(self):
         self.items = []
@@ -426,7 +428,8 @@ def run_workload(eng, mode, specs, plane, lookups, dp_proc, outputs=None):
     decoding = []
     n_fetching = 0
     n_done = 0
-    steps = []  # (seconds, batch, padded context tokens, fetch in flight, input build s, GPU s)
+    steps = []  # (seconds, batch, padded context tokens, fetch in flight, input build s,
+    #              GPU s, launch s)
     # Decode steps to time again after the run, by whether a fetch was in flight: an evenly
     # spaced sample of (seconds, inputs, GPU s), bounded whatever the run's length.
     replay = {True: EvenSample(a.replay_steps), False: EvenSample(a.replay_steps)}
@@ -537,14 +540,14 @@ def run_workload(eng, mode, specs, plane, lookups, dp_proc, outputs=None):
                                     device=eng.device)
             tb = time.perf_counter()
             timer.start()
-            logits = eng.model.decode(eng.kv, toks, pos_t, ctx, pos_t + 1)
+            ctx_lens = pos_t + 1
+            logits = eng.model.decode(eng.kv, toks, pos_t, ctx, ctx_lens)
             nxt_t = logits.argmax(-1)
-            if on_device:
-                pos_next = pos_t + 1
-                for i, r in enumerate(decoding):
-                    r.pos_dev, r.tok_dev = pos_next[i], nxt_t[i]
             timer.stop()
             tl = time.perf_counter()
+            if on_device:  # the next step's inputs: views, no copy (timed in the step)
+                for i, r in enumerate(decoding):
+                    r.pos_dev, r.tok_dev = ctx_lens[i], nxt_t[i]
             nxt = nxt_t.tolist()
             t_step, t_gpu = time.perf_counter() - ts, timer.seconds()
             steps.append((t_step, B, B * S, loaded, tb - ts, t_gpu, tl - tb))

@@ -55,3 +55,7 @@ def test_even_sample_is_bounded_and_evenly_spaced():
             assert got[0] == 0
             assert len({b - a for a, b in zip(got, got[1:])}) <= 1  # evenly spaced
             assert got[-1] >= total // 2  # over the whole stream, not its start
+    none = engine.EvenSample(0)
+    for i in range(10):
+        none.add(i)
+    assert none.take() == [] and none.items == []
