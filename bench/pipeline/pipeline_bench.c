@@ -55,13 +55,16 @@
  * alone: T decoders started together (a start barrier), each pinned to a CPU of its own from
  * the pipeline's set (one per core before hyperthread siblings, as the scheduler spreads the
  * pipeline's threads) and starting at its own place in the data set; decoded GB/s = all their
- * bytes / the longest one's time. Hot: each into its own staging image; cycled: each frame
- * after frame through its own pool / T bytes of slot-sized positions, wrapping as the pool's
- * slots cycle FIFO, so that the destination is as cold as the pipeline's. A row that misses
- * its bound reads: hot against T x one core is what T cores at once cost each other (clocks,
- * shared LLC and memory bandwidth, neighbours), cycled against hot what cold slots cost, and
- * the pipeline's decode GB/s per busy thread (its copy plans timed in) against cycled per core
- * what is left to the pipeline itself.
+ * bytes / the longest one's time; the first to pass min_time tells the others to stop at
+ * their next chunk boundary, so that all of them run at once throughout. Hot: each into its
+ * own staging image; cycled: each frame after frame through its own pool / T bytes of
+ * slot-sized positions, wrapping: the destination as cold as slots cycled FIFO through the
+ * pool (the worst case; the pool hands out its free slots LIFO, core/pool.h, so the
+ * pipeline's slots are usually warmer). A row that misses its bound reads: hot against T x
+ * one core is what T cores at once cost each other (clocks, shared LLC and memory bandwidth,
+ * neighbours), cycled against hot what cold slots would cost, and the pipeline's decode GB/s
+ * per busy thread (its copy plans timed in) against hot per core what is left to the
+ * pipeline itself.
  *
  * Memory. The pipeline's pool is pre-faulted at creation. Its resident cost is the growth of
  * this process's RSS outside shared memory (/proc/self/status VmRSS - RssShmem) from before
@@ -1622,14 +1625,16 @@ static void scheme_delete_keys(struct bench *b, struct scheme_run *sr)
  * the scheme's containers with shadow_chunk_decode_frame() only, timed as bench/codec times
  * it (the sum of the calls), going round the chunks from chunk `first`, into dst: each frame
  * `stride` bytes after the last (0: one staging image, hot in cache), back to the start when
- * the next would pass dst_nbytes, as the pipeline's slots cycle FIFO through its pool. Whole
- * chunks until min_time has passed and every chunk was decoded once.
+ * the next would pass dst_nbytes, as slots cycled FIFO through a pool would. Whole chunks
+ * until every chunk was decoded once and min_time has passed (or, started at a gate, another
+ * decoder's min_time did).
  */
 struct start_gate {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	uint32_t n, arrived;
 	int state; /* 0: waiting for all n; 1: go; -1: abort (a decoder or a thread failed) */
+	_Atomic bool done; /* a decoder passed min_time: the others stop at their next chunk */
 };
 
 struct decoder {
@@ -1692,8 +1697,14 @@ static int decode_frames(struct decoder *d)
 			if (off + ds->frame_nbytes > d->dst_nbytes)
 				off = 0;
 		}
-		if (k + 1 >= ds->n_chunks &&
-		    bench_seconds(t_start, bench_now_ns()) >= d->b->o->min_time)
+		if (k + 1 < ds->n_chunks)
+			continue;
+		if (bench_seconds(t_start, bench_now_ns()) >= d->b->o->min_time) {
+			if (d->gate != NULL)
+				atomic_store_explicit(&d->gate->done, true, memory_order_relaxed);
+			break;
+		}
+		if (d->gate != NULL && atomic_load_explicit(&d->gate->done, memory_order_relaxed))
 			break;
 	}
 out:
@@ -1728,10 +1739,12 @@ static void *decoder_main(void *arg)
 	const char *what = "pinning";
 	int rc = d->cpu >= 0 ? pin_self(d->cpu) : 0;
 
-	if (rc < 0)
-		(void)gate_arrive(d->gate, rc);
-	else if ((rc = decode_frames(d)) < 0)
+	if (rc < 0) {
+		if (d->gate != NULL)
+			(void)gate_arrive(d->gate, rc); /* the others must not wait for this one */
+	} else if ((rc = decode_frames(d)) < 0) {
 		what = "decoding";
+	}
 	if (rc < 0)
 		fprintf(stderr, "%s: %s: decoders alone: %s on CPU %d: %s\n", d->b->o->prog,
 			d->sr->scheme, what, d->cpu, shadow_strerror(rc));
@@ -1755,6 +1768,7 @@ static int decode_alone(struct bench *b, const struct scheme_run *sr, const int 
 	struct start_gate gate = {
 		.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .n = threads,
 	};
+	atomic_init(&gate.done, false);
 	struct decoder *d = calloc(threads, sizeof(*d));
 	pthread_t *tid = calloc(threads, sizeof(*tid));
 	uint8_t *mem = NULL;
