@@ -46,6 +46,32 @@ class Closeable:
             pass
 
 
+class Handle(Closeable):
+    """A Closeable over one C handle in self._h (None once closed): _handle() for the calls
+    (ValueError once closed), `closed`, and an idempotent close() that hands the handle to
+    _free() exactly once."""
+
+    _h = None
+
+    @property
+    def closed(self):
+        return self._h is None
+
+    def _handle(self):
+        h = self._h
+        if h is None:
+            raise ValueError("the %s is closed" % type(self).__name__)
+        return h
+
+    def close(self):
+        h, self._h = self._h, None
+        if h is not None:
+            self._free(h)
+
+    def _free(self, h):
+        raise NotImplementedError
+
+
 class ShadowError(Exception):
     """A ShadowServe C call failed. `code` is the negative status (-errno or a SHADOW_E* code,
     see shadowserve.types), `message` the library's text for it, `func` the C function."""

@@ -395,7 +395,7 @@ def _key32(key, what="ns"):
 # --------------------------------------------------------------------------------------------
 
 
-class Client(_lib.Closeable):
+class Client(_lib.Handle):
     """A connection to shadowd (see the module's docstring)."""
 
     def __init__(self, endpoint, max_inflight=64, slot_nbytes=None, name=None,
@@ -430,22 +430,9 @@ class Client(_lib.Closeable):
 
     # -- life ---------------------------------------------------------------------------------
 
-    @property
-    def closed(self):
-        return self._h is None
-
-    def _handle(self):
-        h = self._h
-        if h is None:
-            raise ValueError("the Client is closed")
-        return h
-
-    def close(self):
-        """Disconnect: the daemon cancels what is in flight and drops the regions; completions
-        not yet polled are lost. A second call does nothing."""
-        h, self._h = self._h, None
-        if h is None:
-            return
+    def _free(self, h):
+        # close() disconnects: the daemon cancels what is in flight and drops the regions;
+        # completions not yet polled are lost. A second close() does nothing.
         self._lib.shadow_client_close(h)
         for r in list(self._regions.values()):
             r._client = None

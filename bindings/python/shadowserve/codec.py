@@ -313,7 +313,7 @@ def describe(buf):
 # --------------------------------------------------------------------------------------------
 
 
-class Transform(_lib.Closeable):
+class Transform(_lib.Handle):
     """A per-model KV transform for "pca" schemes: load(bytes) or calibrate(...)."""
 
     def __init__(self, handle):
@@ -371,15 +371,8 @@ class Transform(_lib.Closeable):
         lib.shadow_transform_save(self._handle(), buf, n.value, byref(n))
         return buf.raw[:n.value]
 
-    def _handle(self):
-        if self._h is None:
-            raise ValueError("the Transform is closed")
-        return self._h
-
-    def close(self):
-        h, self._h = self._h, None
-        if h is not None:
-            _lib.shadow().shadow_transform_free(h)
+    def _free(self, h):
+        _lib.shadow().shadow_transform_free(h)
 
 
 # --------------------------------------------------------------------------------------------
@@ -387,7 +380,7 @@ class Transform(_lib.Closeable):
 # --------------------------------------------------------------------------------------------
 
 
-class Codec(_lib.Closeable):
+class Codec(_lib.Handle):
     """An encoder/decoder context for chunks of one geometry (shadow_codec_create). Use one
     per thread; calls release the GIL. close() (or a with block) frees it."""
 
@@ -407,19 +400,8 @@ class Codec(_lib.Closeable):
         self._frame_nbytes = frame_nbytes(self.geom)
         self._bpc = blocks_per_chunk(self.geom)
 
-    def _handle(self):
-        if self._h is None:
-            raise ValueError("the Codec is closed")
-        return self._h
-
-    def close(self):
-        h, self._h = self._h, None
-        if h is not None:
-            self._lib.shadow_codec_free(h)
-
-    @property
-    def closed(self):
-        return self._h is None
+    def _free(self, h):
+        self._lib.shadow_codec_free(h)
 
     def options(self, scheme):
         """CodecOptions for a scheme name (parsed once per name) or CodecOptions as given."""
