@@ -41,17 +41,12 @@ static int shadow_pool_geometry(size_t slot_nbytes, uint32_t n_slots, size_t *al
 #define TOP_INDEX(top) ((uint32_t)(top))            /* index + 1; 0: empty */
 #define TOP_NEXT(top, index1) ((((top) >> 32) + 1) << 32 | (uint64_t)(index1))
 
-/* objs[i]'s index + 1; 0 for a pointer that is not a slot (a caller's bug: SHADOW_TESTING
- * builds assert on it, others drop it rather than write outside free_next). */
+/* A slot's index + 1; 0 for a pointer that is not a slot (a caller's bug: SHADOW_TESTING
+ * builds assert on it at put, shadow__pool_check_put; others drop it here rather than write
+ * outside free_next). */
 static uint32_t slot_index1(const struct shadow__pool *pool, const void *slot)
 {
-	uintptr_t off = (uintptr_t)slot - (uintptr_t)pool->base;
-
-	SHADOW_ASSERT(shadow__pool_owns(pool, slot));
-	if (!shadow__pool_owns(pool, slot))
-		return 0;
-	return (pool->stride_shift >= 0 ? (uint32_t)(off >> pool->stride_shift)
-					: (uint32_t)(off / pool->slot_nbytes)) + 1;
+	return shadow__pool_owns(pool, slot) ? shadow__pool_slot_index(pool, slot) + 1 : 0;
 }
 
 /* Push n slots in one swap, objs[n - 1] ending on top. */
@@ -82,11 +77,6 @@ static void stack_push_n(struct shadow__pool *pool, void *const *objs, uint32_t 
 				      memory_order_relaxed);
 	while (!atomic_compare_exchange_weak_explicit(&pool->free_top, &top, TOP_NEXT(top, top1),
 						      memory_order_release, memory_order_relaxed));
-}
-
-static void stack_push(struct shadow__pool *pool, void *slot)
-{
-	stack_push_n(pool, &slot, 1);
 }
 
 /*
@@ -172,8 +162,6 @@ static int shadow_pool_setup(struct shadow__pool **pool_ret, uint8_t *base, size
 	pool->n_slots = n_slots;
 	pool->stride_shift = shadow_is_pow2(stride) ? __builtin_ctzll(stride) : -1;
 	pool->free_next = (_Atomic uint32_t *)(void *)((uint8_t *)pool + desc_nbytes);
-	atomic_init(&pool->free_top, 0);
-	atomic_init(&pool->n_free, 0);
 #if defined(SHADOW_TESTING)
 	pool->in_use = shadow__alloc_aligned(n_slots, SHADOW_CACHE_LINE);
 	if (pool->in_use == NULL) {
@@ -183,9 +171,12 @@ static int shadow_pool_setup(struct shadow__pool **pool_ret, uint8_t *base, size
 	for (uint32_t i = 0; i < n_slots; i++)
 		atomic_init(&pool->in_use[i], 0);
 #endif
-	/* Pushed from the last, so that a fresh pool hands out slot 0, 1, 2, ... */
-	for (uint32_t i = n_slots; i-- > 0;)
-		stack_push(pool, base + (size_t)i * stride);
+	/* Every slot on the stack, slot 0 on top and each one's next the one after it, so that a
+	 * fresh pool hands out slot 0, 1, 2, ... */
+	for (uint32_t i = 0; i < n_slots; i++)
+		atomic_init(&pool->free_next[i], i + 1 < n_slots ? i + 2 : 0);
+	atomic_init(&pool->free_top, 1);
+	atomic_init(&pool->n_free, n_slots);
 	*pool_ret = pool;
 	return 0;
 }
