@@ -376,6 +376,12 @@ class GpuTimer:
         return 1e-3 * self.ev[0].elapsed_time(self.ev[1])
 
 
+# One decode step as run: wall seconds, batch size, padded context tokens, whether a fetch was
+# in flight, host seconds building its inputs, GPU seconds (CUDA events), host seconds issuing
+# its kernels.
+Step = collections.namedtuple("Step", "seconds batch ctx_tokens loaded build_s gpu_s launch_s")
+
+
 class EvenSample:
     """An evenly spaced sample of a stream of unknown length, in bounded memory: keeps every
     stride-th item, and when 2n are kept drops every other one and doubles the stride.
@@ -428,8 +434,7 @@ def run_workload(eng, mode, specs, plane, lookups, dp_proc, outputs=None):
     decoding = []
     n_fetching = 0
     n_done = 0
-    steps = []  # (seconds, batch, padded context tokens, fetch in flight, input build s,
-    #              GPU s, launch s)
+    steps = []  # Step of every decode step
     # Decode steps to time again after the run, by whether a fetch was in flight: an evenly
     # spaced sample of (seconds, inputs, GPU s), bounded whatever the run's length.
     replay = {True: EvenSample(a.replay_steps), False: EvenSample(a.replay_steps)}
@@ -550,7 +555,7 @@ def run_workload(eng, mode, specs, plane, lookups, dp_proc, outputs=None):
                     r.pos_dev, r.tok_dev = ctx_lens[i], nxt_t[i]
             nxt = nxt_t.tolist()
             t_step, t_gpu = time.perf_counter() - ts, timer.seconds()
-            steps.append((t_step, B, B * S, loaded, tb - ts, t_gpu, tl - tb))
+            steps.append(Step(t_step, B, B * S, loaded, tb - ts, t_gpu, tl - tb))
             replay[loaded].add((t_step, toks, pos_t, ctx, t_gpu))
             still = []
             for r, tok in zip(decoding, nxt):
@@ -603,16 +608,16 @@ def summarize(mode, reqs, steps, quiet, makespan, engine_cpu, dp_cpu, wire, chun
     ttft = [r.t_first - r.arrival for r in reqs]
     hit = [r.t_first - r.arrival for r in reqs if r.hit_chunks > 0]
     miss = [r.t_first - r.arrival for r in reqs if r.hit_chunks == 0]
-    loaded = [(s, b, n) for s, b, n, l, *_ in steps if l]
-    free = [s for s, _, _, l, *_ in steps if not l]
-    loaded_ms = [1e3 * s for s, _, _ in loaded]
+    loaded = [st for st in steps if st.loaded]
+    free = [st.seconds for st in steps if not st.loaded]
+    loaded_ms = [1e3 * st.seconds for st in loaded]
     if quiet[True]:
         # The paired ratio over the replayed loaded steps (in-run mean / replay mean of the
         # same steps) scales the mean of all loaded steps to their no-fetch time.
         loaded_ratio = ratio_of_means(quiet[True], 0, 1)
-        nofetch_ms = float(np.mean(loaded_ms)) / loaded_ratio
+        nofetch_ms = mean_or_nan(loaded_ms) / loaded_ratio
     else:
-        nofetch_ms = 1e3 * float(np.mean(free)) if free else float("nan")
+        nofetch_ms = 1e3 * mean_or_nan(free)
         loaded_ratio = float("nan")
     control = ratio_of_means(quiet[False], 0, 1)
     first = min(r.arrival for r in reqs)
@@ -621,7 +626,7 @@ def summarize(mode, reqs, steps, quiet, makespan, engine_cpu, dp_cpu, wire, chun
     m = dict(
         mode=mode, ttft_mean_s=float(np.mean(ttft)), ttft_p50_s=percentile(ttft, 50),
         ttft_p99_s=percentile(ttft, 99),
-        tpot_loaded_mean_ms=float(np.mean(loaded_ms)) if loaded_ms else float("nan"),
+        tpot_loaded_mean_ms=mean_or_nan(loaded_ms),
         tpot_loaded_p99_ms=percentile(loaded_ms, 99),
         tpot_nofetch_mean_ms=nofetch_ms, throughput_rps=len(reqs) / span,
         wire_bytes=int(wire), engine_cpu_s=engine_cpu, dataplane_cpu_s=dp_cpu,
@@ -629,19 +634,18 @@ def summarize(mode, reqs, steps, quiet, makespan, engine_cpu, dp_cpu, wire, chun
         chunks_fetched=sum(r.ok_chunks for r in reqs), chunks_failed=chunks_failed,
         throughput_tok_s=out_tokens / span, makespan_s=makespan, decode_steps=len(steps),
         loaded_steps=len(loaded),
-        tpot_all_mean_ms=1e3 * float(np.mean([s for s, *_ in steps])) if steps else 0.0,
-        tpot_nofetch_observed_mean_ms=1e3 * float(np.mean(free)) if free else float("nan"),
-        ttft_hit_mean_s=float(np.mean(hit)) if hit else float("nan"),
-        ttft_miss_mean_s=float(np.mean(miss)) if miss else float("nan"))
+        tpot_all_mean_ms=1e3 * float(np.mean([st.seconds for st in steps])) if steps else 0.0,
+        tpot_nofetch_observed_mean_ms=1e3 * mean_or_nan(free),
+        ttft_hit_mean_s=mean_or_nan(hit), ttft_miss_mean_s=mean_or_nan(miss))
     # Where a loaded step's time went: building its inputs on the host (with --step-inputs
     # host, two pageable host-to-device copies), issuing the model's kernels (host time until
     # model.decode and the argmax return, before the wait for their result), and its GPU time
     # (CUDA events around the model and the argmax) in the run and in the replay of the same
     # steps.
-    m["step_build_loaded_ms"] = 1e3 * mean_or_nan([b for _, _, _, l, b, _, _ in steps if l])
-    m["step_build_free_ms"] = 1e3 * mean_or_nan([b for _, _, _, l, b, _, _ in steps if not l])
-    m["step_launch_loaded_ms"] = 1e3 * mean_or_nan([x for _, _, _, l, _, _, x in steps if l])
-    m["step_launch_free_ms"] = 1e3 * mean_or_nan([x for _, _, _, l, _, _, x in steps if not l])
+    for kind, want in (("loaded", True), ("free", False)):
+        these = [st for st in steps if st.loaded == want]
+        m["step_build_%s_ms" % kind] = 1e3 * mean_or_nan([st.build_s for st in these])
+        m["step_launch_%s_ms" % kind] = 1e3 * mean_or_nan([st.launch_s for st in these])
     m["step_gpu_loaded_over_replay"] = ratio_of_means(quiet[True], 2, 3)
     m["step_gpu_control"] = ratio_of_means(quiet[False], 2, 3)
     m["tpot_loaded_over_nofetch"] = loaded_ratio
