@@ -2310,7 +2310,7 @@ static int scheme_fetch(struct bench *b, struct scheme_run *sr, uint32_t threads
 	       100.0 * dec_s / (res.seconds * threads), res.user_s,
 	       fmax(0.0, res.cpu_s - res.user_s), (double)res.bytes_out * 1e-9, res.seconds);
 	/* Against it, decoders alone, measured before the run: what T cores at once cost each
-	 * other (hot vs T x one core), and what cold slots cost (cycled vs hot). */
+	 * other (hot vs T x one core), and what cold slots would cost (cycled vs hot). */
 	printf("%*s decode alone: 1 core %.3f GB/s (x%u = %.3f); %u at once on %s: hot %.3f "
 	       "(%.3f per core), cycled %.3f (%.3f per core)\n", 6, "", one, threads,
 	       one * threads, threads, cpus, hot, hot / threads, cycled, cycled / threads);
