@@ -57,11 +57,21 @@
 /* Streams per device; jobs alternate between them. One: on the H100 host, 8 KiB runs scattered
  * over a paged region copied at 4.6-6.7 GB/s from one stream against 2.8-3.5 GB/s from two
  * (and 2.9-3.7 from four or eight), while large runs reach 83-98% of pinned H2D either way
- * (docs/results.md, "Data-plane pipeline"). -DCUDA_COPY_STREAMS=N builds another count. */
+ * (docs/results.md, "Data-plane pipeline"): one thread issuing to two streams pays more per
+ * copy. More issuing threads, each with its own context and stream (the pipeline's
+ * copy_threads), do add up: 8.4 GB/s of 8 KiB runs from one, 13.9 from two, 17.7 from four
+ * (bench/research/copy_lab.cu). -DCUDA_COPY_STREAMS=N builds another count. */
 #ifndef CUDA_COPY_STREAMS
 #define CUDA_COPY_STREAMS 1u
 #endif
-#define CUDA_COPY_BATCH_MAX 4096u /* copies per batch call; a longer job takes several */
+/* Copies per batch call; a group of jobs flushes when the next would pass it, and a job with
+ * more runs is issued alone in several calls. The driver spends about 1 us of the issuing
+ * thread per copy, and the copy engine seems to start on a call's copies only once the call
+ * has returned: on the H100 host calls of 32-256 scattered copies moved 8 KiB blocks at
+ * 8.1-8.4 GB/s, 32 KiB at 33-34 and 128 KiB at 52-53, against 7.0, 26 and 39 GB/s in calls of
+ * 4096 (bench/research/copy_lab.cu, docs/results.md). Each group also gets its own event, so
+ * its slots come back sooner. */
+#define CUDA_COPY_BATCH_MAX 128u
 #define CUDA_COPY_DEVICES_MAX 16u /* device ordinals a context can copy to */
 
 SHADOW_STATIC_ASSERT(SHADOW__CUDA_IPC_HANDLE_NBYTES == SHADOW_GPU_IPC_HANDLE_NBYTES,
@@ -348,10 +358,10 @@ static int cuda_flush(struct shadow__copy_ctx *ctx)
 
 /*
  * Queue a job: its runs join the pending batch, issued by flush() (the caller's, or here when
- * the batch is full or the device changes). One batch call per frame costs about 40 us on the
- * H100 host, as long as copying a 128 KiB frame in 8 KiB runs takes (3.2 GB/s, bench/pipeline);
- * many frames per call amortise it. A job with more runs than one call takes is issued alone,
- * in several calls on one stream, before one event.
+ * the batch would pass CUDA_COPY_BATCH_MAX or the device changes). A call costs the issuing
+ * thread about 1 us per copy plus a few microseconds (bench/research/copy_lab.cu): batching
+ * saves the per-call part, not the per-copy one. A job with more runs than one call takes is
+ * issued alone, in several calls on one stream, before one event.
  */
 static int cuda_submit(struct shadow__copy_ctx *ctx, const struct shadow__copy_job *job)
 {
