@@ -179,7 +179,8 @@ def start_shadowd(args, store_url, sock, save_scheme=None):
     argv = [args.shadowd, "--store", store_url, "--listen", "unix:" + sock,
             "--pool", str(args.shadowd_pool_mib), "--rx-size", args.shadowd_rx,
             "--slot-size", args.shadowd_slot, "--fetch-threads", str(args.fetch_threads),
-            "--decode-threads", str(args.decode_threads)]
+            "--decode-threads", str(args.decode_threads),
+            "--copy-threads", str(args.copy_threads)]
     if args.cpus_shadowd:
         argv += ["--cpus", args.cpus_shadowd]
     if save_scheme:
@@ -938,6 +939,8 @@ def parse_args(argv=None):
                    help="Redis connections per shadowd fetch thread (linkem needs >= 4 in "
                         "all for 100 Gbit/s)")
     p.add_argument("--decode-threads", type=int, default=6)
+    p.add_argument("--copy-threads", type=int, default=1,
+                   help="shadowd threads issuing GPU copies (about 1 us of CPU per copy)")
     p.add_argument("--inline-threads", type=int, default=4)
     p.add_argument("--cpus-engine", default=None, help="e.g. 0-7")
     p.add_argument("--cpus-shadowd", default=None, help="e.g. 8-13")

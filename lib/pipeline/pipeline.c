@@ -12,14 +12,18 @@
  *                            decompresses, verifies and dequantizes straight into it (one
  *                            codec per thread and geometry); plans the frame's copy runs into
  *                            the slot's tail; pushes it to the copy ring.
- *   copy   x 1               pops frames, submits them to the region's copy backend, reaps
- *                            finished copies and recycles their slots.
+ *   copy   x copy_threads    pops frames, submits them to the region's copy backend (a copy
+ *                            context of its own: a CUDA stream per thread), reaps its
+ *                            finished copies and recycles their slots. More than one where
+ *                            issuing copies is the bottleneck: the CUDA driver spends about
+ *                            1 us of the issuing thread per copy, which caps one thread at
+ *                            8 GB/s of 8 KiB blocks (docs/results.md, "copy_lab").
  *   save   x save_threads    pops SAVE ops; per chunk gathers the blocks from the region
  *                            (copy backend read), encodes, PUTs. Its own store handle and
  *                            buffers: saves never take a fetch's memory or threads.
  *
  * Queues: ops ring (MPMC, submitters -> fetch threads), save ring (MPMC, submitters -> save
- * threads), decode ring (MPMC, fetch -> decode), copy ring (MPSC, decode -> copy). Each has a
+ * threads), decode ring (MPMC, fetch -> decode), copy ring (MPMC, decode -> copy). Each has a
  * doorbell (below) that wakes consumers asleep on it; a producer rings only when a consumer
  * said it is going to sleep, so a busy pipeline makes no syscall per item.
  *
@@ -222,11 +226,11 @@ struct shadow__pipeline {
 
 	struct pl_thread *threads;
 	uint32_t n_threads;
-	uint32_t n_fetch, n_decode, n_save;
+	uint32_t n_fetch, n_decode, n_copy, n_save;
 	_Atomic bool stopping;
 	_Atomic uint32_t cancel_epoch;   /* bumped by cancel and stop: fetch threads rescan */
 	_Atomic uint32_t fetchers_alive; /* decode threads outlive every fetch thread, */
-	_Atomic uint32_t decoders_alive; /* and the copy thread every decode thread */
+	_Atomic uint32_t decoders_alive; /* and the copy threads every decode thread */
 
 	/* statistics: relaxed atomics, written by the thread that did the work */
 	_Atomic uint64_t st[16];
@@ -743,7 +747,7 @@ static void *decode_main(void *arg)
 		doorbell_wait(&pl->decode_bell, decode_ready, pl, 100);
 	}
 	atomic_fetch_sub_explicit(&pl->decoders_alive, 1, memory_order_release);
-	doorbell_ring_all(&pl->copy_bell, 1);
+	doorbell_ring_all(&pl->copy_bell, pl->n_copy);
 	return NULL;
 }
 
@@ -796,12 +800,13 @@ static bool copy_ready(void *arg)
 	       shadow__ring_count(pl->copyq) > 0;
 }
 
-static void copy_reap(struct pl_thread *t, const struct shadow__copy_ops *ops)
+/* Reap every finished copy of this thread's context; how many. */
+static uint32_t copy_reap(struct pl_thread *t, const struct shadow__copy_ops *ops)
 {
 	struct shadow__pipeline *pl = t->pl;
 	void *users[32];
 	int statuses[32];
-	uint32_t n;
+	uint32_t n, total = 0;
 
 	while ((n = ops->reap(t->copy, users, statuses, 32)) > 0) {
 		uint64_t now = shadow__now_ns();
@@ -815,12 +820,15 @@ static void copy_reap(struct pl_thread *t, const struct shadow__copy_ops *ops)
 				st_add(pl, ST_BYTES_DECODED, c->region->frame_nbytes);
 			frame_drop(pl, f);
 		}
+		total += n;
 	}
+	return total;
 }
 
 /*
- * One copy thread serves every region; regions share a backend kind per process in practice
- * (all host or all cuda), and each backend keeps its own context here.
+ * Every copy thread serves every region, each through contexts of its own; regions share a
+ * backend kind per process in practice (all host or all cuda), and each backend keeps its own
+ * context here. A thread reaps only the jobs it submitted.
  */
 static void *copy_main(void *arg)
 {
@@ -833,7 +841,7 @@ static void *copy_main(void *arg)
 		void *obj;
 		bool did = false;
 
-		while (shadow__ring_sc_dequeue_bulk(pl->copyq, &obj, 1) == 1) {
+		while (shadow__ring_mc_dequeue_bulk(pl->copyq, &obj, 1) == 1) {
 			struct pl_frame *f = obj;
 			struct pl_region *r = f->chunk->region;
 			struct shadow__copy_ctx *ctx = ctxs_for(&x, r);
@@ -857,7 +865,11 @@ static void *copy_main(void *arg)
 			t->copy = ctx;
 			while ((rc = ops->submit(ctx, &job)) == -EAGAIN) {
 				(void)ops->flush(ctx); /* its errors come back through reap */
-				copy_reap(t, ops);
+				/* Every job slot in flight: wait for the oldest without spinning on
+				 * event queries, which take the CUDA driver's locks that the other
+				 * copy threads need to issue. */
+				if (copy_reap(t, ops) == 0)
+					shadow__sleep_ns(20 * SHADOW_NS_PER_US);
 			}
 			if (rc < 0) {
 				chunk_fail(f->chunk, SHADOW_CHUNK_ERROR);
@@ -1035,6 +1047,7 @@ void shadow__pipeline_config_default(struct shadow__pipeline_config *cfg)
 	cfg->rx_nbytes = UINT64_C(64) << 20;
 	cfg->fetch_threads = 1;
 	cfg->decode_threads = 2;
+	cfg->copy_threads = 1;
 	cfg->save_threads = 1;
 }
 
@@ -1125,7 +1138,7 @@ static int pool_carve(struct shadow__pipeline *pl)
 	uint8_t *p = pl->mem;
 	for (uint32_t i = 0; i < pl->n_threads; i++) {
 		struct pl_thread *t = &pl->threads[i];
-		if (t->index < pl->n_fetch + pl->n_decode + 1)
+		if (t->index < pl->n_fetch + pl->n_decode + pl->n_copy)
 			continue;
 		t->save_raw = p;
 		t->save_enc = p + c->rx_nbytes;
@@ -1158,8 +1171,11 @@ int shadow__pipeline_create(const struct shadow__pipeline_config *cfg,
 	int rc;
 
 	if (cfg == NULL || cfg->store_url == NULL || cfg->fetch_threads < 1 ||
-	    cfg->decode_threads < 1 || cfg->save_threads < 1 ||
-	    cfg->fetch_threads + cfg->decode_threads + cfg->save_threads + 1 > PL_THREADS_MAX ||
+	    cfg->decode_threads < 1 || cfg->copy_threads < 1 || cfg->save_threads < 1 ||
+	    cfg->fetch_threads > PL_THREADS_MAX || cfg->decode_threads > PL_THREADS_MAX ||
+	    cfg->copy_threads > PL_THREADS_MAX || cfg->save_threads > PL_THREADS_MAX ||
+	    cfg->fetch_threads + cfg->decode_threads + cfg->copy_threads + cfg->save_threads >
+		    PL_THREADS_MAX ||
 	    cfg->slot_nbytes < 4096 || cfg->rx_nbytes < 4096 || cfg->slot_nbytes % 4096 != 0 ||
 	    cfg->rx_nbytes % 4096 != 0) {
 		SHADOW_LOGE("pipeline: bad configuration (threads 1..%u, buffers multiples of 4 KiB)",
@@ -1191,8 +1207,9 @@ int shadow__pipeline_create(const struct shadow__pipeline_config *cfg,
 
 	pl->n_fetch = cfg->fetch_threads;
 	pl->n_decode = cfg->decode_threads;
+	pl->n_copy = cfg->copy_threads;
 	pl->n_save = cfg->save_threads;
-	pl->n_threads = pl->n_fetch + pl->n_decode + 1 + pl->n_save;
+	pl->n_threads = pl->n_fetch + pl->n_decode + pl->n_copy + pl->n_save;
 	atomic_init(&pl->fetchers_alive, pl->n_fetch);
 	atomic_init(&pl->decoders_alive, pl->n_decode);
 	pl->threads = calloc(pl->n_threads, sizeof(*pl->threads));
@@ -1245,7 +1262,7 @@ int shadow__pipeline_create(const struct shadow__pipeline_config *cfg,
 	}
 	for (uint32_t i = 0; i < pl->n_threads; i++) {
 		bool fetch = i < pl->n_fetch;
-		bool save = i >= pl->n_fetch + pl->n_decode + 1;
+		bool save = i >= pl->n_fetch + pl->n_decode + pl->n_copy;
 		rc = thread_prepare(pl, &pl->threads[i], fetch, save);
 		if (rc < 0)
 			goto fail;
@@ -1255,7 +1272,7 @@ int shadow__pipeline_create(const struct shadow__pipeline_config *cfg,
 	for (uint32_t i = 0; i < pl->n_threads; i++) {
 		struct pl_thread *t = &pl->threads[i];
 		int kind = i < pl->n_fetch ? 0 : i < pl->n_fetch + pl->n_decode ? 1 :
-			   i == pl->n_fetch + pl->n_decode ? 2 : 3;
+			   i < pl->n_fetch + pl->n_decode + pl->n_copy ? 2 : 3;
 		rc = -pthread_create(&t->tid, NULL, thread_main[kind], t);
 		if (rc < 0)
 			goto fail;
@@ -1268,10 +1285,10 @@ int shadow__pipeline_create(const struct shadow__pipeline_config *cfg,
 		}
 	}
 	SHADOW_LOGI("pipeline: %u receive buffers of %llu MiB, %u frame slots of %llu KiB, "
-		    "%u fetch / %u decode / %u save threads%s",
+		    "%u fetch / %u decode / %u copy / %u save threads%s",
 		    pl->n_rx, (unsigned long long)(cfg->rx_nbytes >> 20), pl->n_slots,
 		    (unsigned long long)(cfg->slot_nbytes >> 10), pl->n_fetch, pl->n_decode,
-		    pl->n_save, cfg->pinned ? ", pinned" : "");
+		    pl->n_copy, pl->n_save, cfg->pinned ? ", pinned" : "");
 	*pl_ret = pl;
 	return 0;
 fail:
@@ -1297,7 +1314,7 @@ void shadow__pipeline_destroy(struct shadow__pipeline *pl)
 	if (pl->decode_bell.efd >= 0)
 		doorbell_ring_all(&pl->decode_bell, pl->n_decode + 1);
 	if (pl->copy_bell.efd >= 0)
-		doorbell_ring_all(&pl->copy_bell, 1);
+		doorbell_ring_all(&pl->copy_bell, pl->n_copy);
 	if (pl->save_bell.efd >= 0)
 		doorbell_ring_all(&pl->save_bell, pl->n_save);
 	for (uint32_t i = 0; i < pl->n_threads && pl->threads != NULL; i++) {

@@ -10,7 +10,7 @@
  *                               GET into an rx        bytes landed)     slot from the pool)
  *                               buffer, on_data:                           |
  *                               parse, release                             v
- *                               frames)                  copy thread <-- copy ring
+ *                               frames)                 copy threads <-- copy ring
  *                                                        (copy backend: runs from the slot
  *                                                         into the region; slot recycled
  *                                                         when the copy completes)
@@ -46,6 +46,8 @@ struct shadow__pipeline_config {
 					     64 MiB) */
 	uint32_t fetch_threads;           /* default 1; each with its own store connections */
 	uint32_t decode_threads;          /* default 2 */
+	uint32_t copy_threads;            /* default 1; each submits and reaps its own copies
+					     (a CUDA stream of its own) */
 	uint32_t save_threads;            /* default 1: saves never take more cores than this */
 	const cpu_set_t *cpus;            /* every pipeline thread is pinned inside it; NULL: no
 					     pinning */

@@ -1370,15 +1370,17 @@ static void test_cpus_and_env(void **state)
 	setenv("SHADOW_POOL", "3", 1);
 	setenv("SHADOW_FETCH_THREADS", "2", 1);
 	setenv("SHADOW_DECODE_THREADS", "3", 1); /* the harness's --decode-threads 1 wins */
+	setenv("SHADOW_COPY_THREADS", "2", 1);
 	daemon_start(&d, "mem://", NULL);
 	unsetenv("SHADOW_CPUS");
 	unsetenv("SHADOW_POOL");
 	unsetenv("SHADOW_FETCH_THREADS");
 	unsetenv("SHADOW_DECODE_THREADS");
-	if (strstr(d.ready, " pool=3MiB fetch=2 decode=1 ") == NULL)
+	unsetenv("SHADOW_COPY_THREADS");
+	if (strstr(d.ready, " pool=3MiB fetch=2 decode=1 copy=2 ") == NULL)
 		fail_msg("ready line: %s", d.ready);
 
-	/* main (control) + 2 fetch + 1 decode + 1 copy + 1 save + metrics, all on `cpu`. */
+	/* main (control) + 2 fetch + 1 decode + 2 copy + 1 save + metrics, all on `cpu`. */
 	snprintf(path, sizeof(path), "/proc/%d/task", (int)d.pid);
 	int n_threads = 0;
 	DIR *dir = opendir(path);
@@ -1405,7 +1407,7 @@ static void test_cpus_and_env(void **state)
 		n_threads++;
 	}
 	closedir(dir);
-	assert_true(n_threads >= 7); /* a sanitizer runtime may add one of its own (TSan) */
+	assert_true(n_threads >= 8); /* a sanitizer runtime may add one of its own (TSan) */
 	daemon_stop(&d);
 }
 

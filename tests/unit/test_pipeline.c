@@ -153,7 +153,7 @@ static double compare(struct fixture *f, const uint32_t *ida, const uint32_t *id
 }
 
 static int setup_with(void **state, const char *scheme, uint64_t pool, uint64_t rx, uint64_t slot,
-		      uint32_t decode)
+		      uint32_t decode, uint32_t copy)
 {
 	static int n;
 	struct fixture *f = calloc(1, sizeof(*f));
@@ -185,6 +185,7 @@ static int setup_with(void **state, const char *scheme, uint64_t pool, uint64_t 
 	cfg.rx_nbytes = rx;
 	cfg.slot_nbytes = slot;
 	cfg.decode_threads = decode;
+	cfg.copy_threads = copy;
 	cfg.save_scheme = scheme;
 	assert_int_equal(shadow__pipeline_create(&cfg, &f->pl), 0);
 	assert_int_equal(shadow__pipeline_region_add(f->pl, &f->a.spec, &f->a.id), 0);
@@ -196,19 +197,25 @@ static int setup_with(void **state, const char *scheme, uint64_t pool, uint64_t 
 
 static int setup_lossless(void **state)
 {
-	return setup_with(state, "bf16planes+zstd1", 8u << 20, 1u << 20, 64u << 10, 2);
+	return setup_with(state, "bf16planes+zstd1", 8u << 20, 1u << 20, 64u << 10, 2, 1);
+}
+
+/* Three copy threads: frames of one chunk are copied (and reaped) by different threads. */
+static int setup_copy_threads(void **state)
+{
+	return setup_with(state, "bf16planes+zstd1", 8u << 20, 1u << 20, 64u << 10, 2, 3);
 }
 
 static int setup_int8(void **state)
 {
-	return setup_with(state, "int8+zstd1", 8u << 20, 1u << 20, 64u << 10, 2);
+	return setup_with(state, "int8+zstd1", 8u << 20, 1u << 20, 64u << 10, 2, 1);
 }
 
 /* One receive buffer and two frame slots: less than one op of four chunks. */
 static int setup_tiny_pool(void **state)
 {
 	return setup_with(state, "bf16planes+zstd1", 2 * (1u << 20) + (1u << 20) + 2 * (64u << 10),
-			  1u << 20, 64u << 10, 1);
+			  1u << 20, 64u << 10, 1, 1);
 }
 
 static int teardown(void **state)
@@ -481,6 +488,13 @@ static void test_config_errors(void **state)
 	shadow__pipeline_config_default(&cfg);
 	assert_int_equal(shadow__pipeline_create(&cfg, &pl), -EINVAL); /* no store */
 	cfg.store_url = "mem://cfg";
+	cfg.copy_threads = 0;
+	assert_int_equal(shadow__pipeline_create(&cfg, &pl), -EINVAL);
+	cfg.copy_threads = UINT32_MAX; /* the sum of the counts must not wrap */
+	cfg.fetch_threads = 2;
+	assert_int_equal(shadow__pipeline_create(&cfg, &pl), -EINVAL);
+	shadow__pipeline_config_default(&cfg);
+	cfg.store_url = "mem://cfg";
 	cfg.pool_nbytes = 1u << 20; /* below two save buffers */
 	assert_int_equal(shadow__pipeline_create(&cfg, &pl), -EINVAL);
 	shadow__pipeline_config_default(&cfg);
@@ -503,6 +517,11 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_lookup, setup_lossless, teardown),
 		cmocka_unit_test_setup_teardown(test_many_ops_and_tiny_pool, setup_lossless, teardown),
 		cmocka_unit_test_setup_teardown(test_many_ops_and_tiny_pool, setup_tiny_pool, teardown),
+		cmocka_unit_test_setup_teardown(test_round_trip_lossless, setup_copy_threads,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_many_ops_and_tiny_pool, setup_copy_threads,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_destroy_in_flight, setup_copy_threads, teardown),
 		cmocka_unit_test_setup_teardown(test_miss_corrupt_foreign, setup_lossless, teardown),
 		cmocka_unit_test_setup_teardown(test_deadline_cancel_and_bad_ops, setup_lossless,
 						teardown),
