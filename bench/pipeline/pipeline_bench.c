@@ -37,15 +37,19 @@
  * else running:
  *   decode  shadow_chunk_decode_frame() of every frame of the scheme's containers (read back
  *           from the store) into one staging image, timed as bench/codec times it: decoded
- *           GB/s of one core, times T. Measured again right before each row, on the same CPU,
- *           and that row's bound takes it: one core's speed drifts over a long run (clocks,
- *           neighbours on a VM). The scheme's "terms" line shows its first measurement;
- *   store   GETs of the same values with the store alone: one handle opened with the
- *           pipeline's store options (so the same connections as its fetch thread), as many
- *           GETs in flight as the pipeline has receive buffers, each into its own rx-sized
+ *           GB/s of one core, times T. The scheme's "terms" line shows it on the set's first
+ *           CPU. Right before each row it is measured again on every CPU of the pipeline's
+ *           set in turn, each alone, and the row's bound takes T x their mean: the
+ *           pipeline's threads float over the set, and on a VM one core's speed differs from
+ *           CPU to CPU and drifts over a run (clocks, neighbours; core_speeds());
+ *   store   GETs of the same values with the store alone: on as many threads as the
+ *           pipeline has fetch threads, each with a handle opened with the pipeline's store
+ *           options (so the same connections as a fetch thread), as many GETs in flight in
+ *           all as the pipeline has receive buffers, each into its own rx-sized
  *           buffer; container GB/s times the scheme's ratio, so that it counts decoded bytes
  *           as goodput does;
- *   copy    the copy backend alone, on one thread as the pipeline's copy thread, copying
+ *   copy    the copy backend alone, on --copy-threads threads as the pipeline's copy threads
+ *           (each with a context of its own and every n-th frame), copying
  *           staging images from pool memory into the destination with the pipeline's plans
  *           (host: a memcpy per run; cuda: batched H2D from pinned memory). With --cuda also a
  *           plain pinned H2D reference: large contiguous copies into device memory.
@@ -118,7 +122,7 @@
 #include "support/redis_server.h"
 
 #define MIB (UINT64_C(1) << 20)
-#define BLOCK_TOKENS 16u
+#define BLOCK_TOKENS 16u           /* default --block-tokens, and the smallest */
 #define DUMPS_MAX 16
 #define SCHEMES_MAX 16u
 #define THREADS_LIST_MAX 8u
@@ -136,6 +140,7 @@
 #define RSS_ALLOWANCE (UINT64_C(64) << 20) /* the target: within --pool plus this */
 #define RX_ALIGN (UINT64_C(64) << 10)
 #define COPY_IMAGES 512u           /* staging images the copy term cycles through */
+#define COPY_THREADS_MAX 8u        /* --copy-threads */
 #define H2D_COPY_NBYTES (UINT64_C(32) << 20)
 #define H2D_COPIES 8u
 #define STALL_S 60                 /* no op completed for this long: the run failed */
@@ -178,7 +183,7 @@ struct options {
 	uint32_t n_chunks;
 	uint32_t op_chunks;   /* 0: one sequence */
 	uint32_t inflight;
-	uint32_t fetch_threads;
+	uint32_t fetch_threads, copy_threads, block_tokens;
 	uint64_t pool_nbytes;
 	double gb, min_time, max_time;
 	const char *csv_path, *redis_url, *malloc_conf;
@@ -323,6 +328,9 @@ static void usage(FILE *out, const char *prog)
 		"  --min-time SEC      time each term of the bound this long (default %.1f; --quick %.1f)\n"
 		"  --pool SIZE         the pipeline's pool (default 256MiB)\n"
 		"  --fetch-threads N   the pipeline's fetch threads (default 1)\n"
+		"  --copy-threads N    the pipeline's copy threads, and the copy term's (default 1)\n"
+		"  --block-tokens N    tokens per KV block of the regions (default 16: 8 KiB per\n"
+		"                      layer and kind for the dumps; 64: 32 KiB, as Llama-3-8B's)\n"
 		"  --layout KIND       nhd, hnd or cross (cross-layer NHD) (default nhd)\n"
 		"  --contiguous        each chunk's blocks in order (default: scattered, as paged)\n"
 		"  --cuda              destination in GPU memory owned by a child process (CUDA IPC)\n"
@@ -416,6 +424,8 @@ static int parse_args(int argc, char **argv, struct options *o)
 	o->n_chunks = DEFAULT_CHUNKS;
 	o->inflight = DEFAULT_INFLIGHT;
 	o->fetch_threads = 1;
+	o->copy_threads = 1;
+	o->block_tokens = BLOCK_TOKENS;
 	o->max_threads = UINT32_MAX;
 	o->pool_nbytes = DEFAULT_POOL;
 	o->gb = DEFAULT_GB;
@@ -500,6 +510,25 @@ static int parse_args(int argc, char **argv, struct options *o)
 				return 2;
 			}
 			o->fetch_threads = (uint32_t)n;
+		} else if ((v = bench_opt_value(argc, argv, &i, "--block-tokens", &missing)) !=
+			   NULL) {
+			unsigned long n = strtoul(v, &end, 10);
+			if (*v < '0' || *v > '9' || *end != '\0' || n < BLOCK_TOKENS ||
+			    n > SHADOW_DEFAULT_CHUNK_TOKENS || (n & (n - 1)) != 0) {
+				fprintf(stderr, "%s: --block-tokens %s: want a power of two in %u..%u\n",
+					o->prog, v, BLOCK_TOKENS, SHADOW_DEFAULT_CHUNK_TOKENS);
+				return 2;
+			}
+			o->block_tokens = (uint32_t)n;
+		} else if ((v = bench_opt_value(argc, argv, &i, "--copy-threads", &missing)) !=
+			   NULL) {
+			unsigned long n = strtoul(v, &end, 10);
+			if (*v < '0' || *v > '9' || *end != '\0' || n < 1 || n > COPY_THREADS_MAX) {
+				fprintf(stderr, "%s: --copy-threads %s: want 1..%u\n", o->prog, v,
+					COPY_THREADS_MAX);
+				return 2;
+			}
+			o->copy_threads = (uint32_t)n;
 		} else if ((v = bench_opt_value(argc, argv, &i, "--gb", &missing)) != NULL) {
 			double x = strtod(v, &end);
 			if (*v == '\0' || *end != '\0' || !(x > 0.0 && x <= 1000.0)) {
@@ -812,12 +841,13 @@ static int load_dumps(struct bench *b)
  * sizes its slots, lib/pipeline/pipeline.c). */
 static uint32_t layout_max_runs(const struct dataset *ds, const struct shadow_kv_layout *layout)
 {
-	uint32_t zeros[SHADOW_MAX_CHUNK_TOKENS / BLOCK_TOKENS] = { 0 };
+	uint32_t zeros[SHADOW_MAX_CHUNK_TOKENS / BLOCK_TOKENS] = { 0 }; /* bpc at most */
 	size_t n = 0;
 	int rc = shadow_layout_plan_frame(layout, &ds->geom, 0, SHADOW_KV_K, zeros, ds->bpc, NULL,
 					  0, &n);
 
-	return rc == 0 || rc == -ENOBUFS ? (uint32_t)n : ds->bpc * BLOCK_TOKENS * ds->geom.n_kv_heads;
+	return rc == 0 || rc == -ENOBUFS ? (uint32_t)n :
+					    ds->bpc * ds->geom.block_tokens * ds->geom.n_kv_heads;
 }
 
 /* xorshift64*: the block permutation, fixed from run to run. */
@@ -850,7 +880,7 @@ static int dataset_build(struct bench *b)
 		.n_kv_heads = kv0->n_kv_heads,
 		.head_dim = kv0->head_dim,
 		.dtype = SHADOW_DTYPE_BF16,
-		.block_tokens = BLOCK_TOKENS,
+		.block_tokens = o->block_tokens,
 		.chunk_tokens = chunk,
 	};
 	rc = shadow_geometry_validate(&ds->geom);
@@ -882,7 +912,7 @@ static int dataset_build(struct bench *b)
 			ds->seq_chunks);
 		return 2;
 	}
-	ds->bpc = chunk / BLOCK_TOKENS;
+	ds->bpc = chunk / ds->geom.block_tokens;
 	ds->n_seqs = (o->n_chunks + ds->seq_chunks - 1) / ds->seq_chunks;
 	ds->n_chunks = ds->n_seqs * ds->seq_chunks;
 	ds->n_frames = 2 * ds->geom.n_layers;
@@ -917,7 +947,7 @@ static int dataset_build(struct bench *b)
 		munmap(ds->dst.map, ds->dst.spec.mem.nbytes); /* the pipeline maps it itself */
 		ds->dst.map = NULL;
 	} else {
-		uint64_t block_nbytes = (uint64_t)BLOCK_TOKENS * ds->geom.n_kv_heads *
+		uint64_t block_nbytes = (uint64_t)ds->geom.block_tokens * ds->geom.n_kv_heads *
 					ds->geom.head_dim * 2u;
 		uint64_t nbytes = 2ull * ds->geom.n_layers * ds->n_chunks * ds->bpc * block_nbytes;
 		memset(&ds->dst, 0, sizeof(ds->dst));
@@ -1377,6 +1407,7 @@ static void pipeline_config(const struct bench *b, const struct scheme_run *sr, 
 	cfg->slot_nbytes = ds->slot_nbytes;
 	cfg->rx_nbytes = ds->rx_nbytes;
 	cfg->fetch_threads = b->o->fetch_threads;
+	cfg->copy_threads = b->o->copy_threads;
 	cfg->decode_threads = decode;
 	cfg->save_threads = 1;
 	cfg->cpus = b->pinned ? &b->pipe_cpus : NULL;
@@ -1546,60 +1577,110 @@ static void getter_done(struct shadow_store_req *req)
 	g->active--;
 }
 
+/* One thread of the store term: its own handle (the first thread: the scheme's), its slots. */
+struct store_getter {
+	struct get_slot *slots;
+	uint32_t n_slots;
+	struct getter g;
+};
+
+static void *store_getter_main(void *arg)
+{
+	struct store_getter *sg = arg;
+	struct getter *g = &sg->g;
+
+	g->active = sg->n_slots;
+	for (uint32_t i = 0; i < sg->n_slots; i++)
+		getter_submit(g, &sg->slots[i]);
+	while (g->active > 0) {
+		int rc = shadow_store_poll(g->store, -1);
+		if (rc < 0 && g->err == 0)
+			g->err = rc;
+		if (rc < 0)
+			break;
+	}
+	return NULL;
+}
+
 /*
- * The store term: GETs of the scheme's values through the held handle (the pipeline's store
- * options) with as many in flight as the pipeline has receive buffers, each into its own
- * rx-sized buffer, for min_time. Container GB/s into sr->store_gbps. 0 or -1 (printed).
+ * The store term: GETs of the scheme's values for min_time, on as many threads as the
+ * pipeline has fetch threads, each with a handle of its own opened with the pipeline's store
+ * options (the first thread uses the held one), as many GETs in flight in all as the
+ * pipeline has receive buffers, each into its own rx-sized buffer. Container GB/s into
+ * sr->store_gbps. 0 or -1 (printed).
  */
 static int measure_store(struct bench *b, struct scheme_run *sr)
 {
 	const struct dataset *ds = &b->ds;
 	const uint32_t n_slots = SHADOW_MAX(b->n_rx, 1u);
+	const uint32_t n = SHADOW_MIN(b->o->fetch_threads, n_slots);
 	struct get_slot *slots = calloc(n_slots, sizeof(*slots));
+	struct store_getter *sg = calloc(n, sizeof(*sg));
+	pthread_t *tid = calloc(n, sizeof(*tid));
 	uint8_t *bufs = malloc((size_t)n_slots * ds->rx_nbytes);
-	struct getter g;
-	uint64_t t0, t1;
+	uint64_t t0, t1, bytes = 0;
+	uint32_t started = 0;
+	int err = 0;
 
-	if (slots == NULL || bufs == NULL) {
+	if (slots == NULL || sg == NULL || tid == NULL || bufs == NULL) {
 		fprintf(stderr, "%s: out of memory for GET buffers\n", b->o->prog);
-		free(slots);
-		free(bufs);
-		return -1;
+		err = -ENOMEM;
+		goto out;
 	}
 	/* Touch every page outside the timed loop (not with zeros: gcc turns malloc + memset 0
 	 * into calloc, which leaves fresh pages untouched). */
 	memset(bufs, 0x5a, (size_t)n_slots * ds->rx_nbytes);
-	memset(&g, 0, sizeof(g));
-	g.store = sr->store;
-	g.keys = sr->key_text;
-	g.n_keys = ds->n_chunks;
-	t0 = bench_now_ns();
-	g.t_end_ns = t0 + (uint64_t)(b->o->min_time * 1e9) + 1;
-	g.active = n_slots;
-	for (uint32_t i = 0; i < n_slots; i++) {
-		slots[i].g = &g;
-		slots[i].iov.iov_base = bufs + (size_t)i * ds->rx_nbytes;
-		slots[i].iov.iov_len = ds->rx_nbytes;
+	for (uint32_t k = 1; k < n && err == 0; k++) {
+		err = shadow_store_open(sr->url, &b->store_opts, &sg[k].g.store);
+		if (err < 0) {
+			sg[k].g.store = NULL;
+			fprintf(stderr, "%s: %s: store term: cannot open %s: %s\n", b->o->prog,
+				sr->scheme, sr->url, shadow_strerror(err));
+		}
 	}
-	for (uint32_t i = 0; i < n_slots; i++)
-		getter_submit(&g, &slots[i]);
-	while (g.active > 0) {
-		int rc = shadow_store_poll(sr->store, -1);
-		if (rc < 0 && g.err == 0)
-			g.err = rc;
-		if (rc < 0)
+	if (err < 0)
+		goto out;
+	t0 = bench_now_ns();
+	for (uint32_t k = 0; k < n; k++) {
+		uint32_t first = k * n_slots / n, end = (k + 1) * n_slots / n;
+		struct shadow_store *store = k == 0 ? sr->store : sg[k].g.store;
+		sg[k] = (struct store_getter){ .slots = slots + first, .n_slots = end - first };
+		sg[k].g = (struct getter){ .store = store, .keys = sr->key_text,
+					   .n_keys = ds->n_chunks,
+					   .next = (uint32_t)((uint64_t)k * ds->n_chunks / n),
+					   .t_end_ns = t0 + (uint64_t)(b->o->min_time * 1e9) + 1 };
+		for (uint32_t i = first; i < end; i++) {
+			slots[i].g = &sg[k].g;
+			slots[i].iov.iov_base = bufs + (size_t)i * ds->rx_nbytes;
+			slots[i].iov.iov_len = ds->rx_nbytes;
+		}
+	}
+	for (; started < n; started++) {
+		err = -pthread_create(&tid[started], NULL, store_getter_main, &sg[started]);
+		if (err < 0)
 			break;
 	}
+	for (uint32_t k = 0; k < started; k++)
+		pthread_join(tid[k], NULL);
 	t1 = bench_now_ns();
-	free(slots);
-	free(bufs);
-	if (g.err != 0) {
-		fprintf(stderr, "%s: %s: store term: GET: %s\n", b->o->prog, sr->scheme,
-			shadow_strerror(g.err));
-		return -1;
+	for (uint32_t k = 0; k < started; k++) {
+		if (err == 0)
+			err = sg[k].g.err;
+		bytes += sg[k].g.bytes;
 	}
-	sr->store_gbps = gbps(g.bytes, bench_seconds(t0, t1));
-	return 0;
+	if (err == 0)
+		sr->store_gbps = gbps(bytes, bench_seconds(t0, t1));
+	else
+		fprintf(stderr, "%s: %s: store term: GET: %s\n", b->o->prog, sr->scheme,
+			shadow_strerror(err));
+out:
+	for (uint32_t k = 1; sg != NULL && k < n; k++)
+		shadow_store_close(sg[k].g.store); /* NULL accepted */
+	free(slots);
+	free(sg);
+	free(tid);
+	free(bufs);
+	return err < 0 ? -1 : 0;
 }
 
 /* DELETE the scheme's keys (Redis keeps them otherwise; a mem:// instance goes with its last
@@ -1644,6 +1725,8 @@ struct decoder {
 	uint64_t dst_nbytes, stride;
 	uint32_t first;
 	int cpu;                 /* decoder_main pins itself here first; -1: not pinned */
+	double min_time;         /* seconds; 0: o->min_time */
+	bool partial;            /* may stop before every chunk was decoded once */
 	struct start_gate *gate; /* NULL: start at once */
 	uint64_t bytes, ns;      /* decoded, and the time inside decode_frame */
 };
@@ -1697,9 +1780,10 @@ static int decode_frames(struct decoder *d)
 			if (off + ds->frame_nbytes > d->dst_nbytes)
 				off = 0;
 		}
-		if (k + 1 < ds->n_chunks)
+		if (k + 1 < ds->n_chunks && !d->partial)
 			continue;
-		if (bench_seconds(t_start, bench_now_ns()) >= d->b->o->min_time) {
+		if (bench_seconds(t_start, bench_now_ns()) >=
+		    (d->min_time > 0 ? d->min_time : d->b->o->min_time)) {
 			if (d->gate != NULL)
 				atomic_store_explicit(&d->gate->done, true, memory_order_relaxed);
 			break;
@@ -1712,11 +1796,17 @@ out:
 	return rc;
 }
 
-/* The decode term: decode_frames() on this thread into one staging image. Decoded GB/s. */
-static int measure_decode(struct bench *b, const struct scheme_run *sr, double *gbps_ret)
+/*
+ * The decode term: decode_frames() on this thread into one staging image. Decoded GB/s.
+ * min_time 0: o->min_time over every chunk at least once; else about min_time seconds,
+ * whole chunks from the first.
+ */
+static int measure_decode(struct bench *b, const struct scheme_run *sr, double min_time,
+			  double *gbps_ret)
 {
 	const uint64_t img = round_up(b->ds.frame_nbytes, 4096);
-	struct decoder d = { .b = b, .sr = sr, .dst_nbytes = img, .cpu = -1 };
+	struct decoder d = { .b = b, .sr = sr, .dst_nbytes = img, .cpu = -1,
+			     .min_time = min_time, .partial = min_time > 0 };
 	int rc = -ENOMEM;
 
 	d.dst = aligned_alloc(4096, img);
@@ -1825,18 +1915,26 @@ out:
 	return rc < 0 ? -1 : 0;
 }
 
-/* Reap every finished job of ctx; the first failure into *err. */
+/*
+ * Reap every finished job of ctx; the first failure into *err. With none finished, sleep
+ * 20 us, as the pipeline's copy threads do: spinning on CUDA event queries takes the driver's
+ * locks from the threads issuing copies.
+ */
 static void copy_reap_all(const struct shadow__copy_ops *ops, struct shadow__copy_ctx *ctx,
 			  int *err)
 {
 	void *users[64];
 	int st[64];
-	uint32_t n;
+	uint32_t n, total = 0;
 
-	while ((n = ops->reap(ctx, users, st, 64)) > 0)
+	while ((n = ops->reap(ctx, users, st, 64)) > 0) {
 		for (uint32_t i = 0; i < n; i++)
 			if (st[i] < 0 && *err == 0)
 				*err = st[i];
+		total += n;
+	}
+	if (total == 0 && ops->in_flight(ctx) > 0)
+		(void)nanosleep(&(struct timespec){ .tv_nsec = 20000 }, NULL);
 }
 
 /* Plan every frame of every chunk into the destination (the copy term and the check). */
@@ -1868,16 +1966,20 @@ static int plan_dst_runs(struct bench *b)
 	return 0;
 }
 
-/* One pass: every frame of every chunk from the images (cycled) into the destination. */
+/*
+ * One pass: every frame of every chunk from the images (cycled) into the destination; with
+ * `step` copy threads, this one's share: the jobs first, first + step, ...
+ */
 static int copy_pass(struct bench *b, struct shadow__copy_ctx *ctx, struct shadow__copy_region *r,
-		     const uint8_t *imgs, uint32_t n_img, uint64_t img_stride)
+		     const uint8_t *imgs, uint32_t n_img, uint64_t img_stride, uint32_t first,
+		     uint32_t step)
 {
 	const struct dataset *ds = &b->ds;
 	const struct shadow__copy_ops *ops = b->copy_ops;
 	const uint64_t n_jobs = (uint64_t)ds->n_chunks * ds->n_frames;
 	int rc = 0, err = 0;
 
-	for (uint64_t j = 0; j < n_jobs && err == 0; j++) {
+	for (uint64_t j = first; j < n_jobs && err == 0; j += step) {
 		struct shadow__copy_job job = {
 			.region = r,
 			.src = imgs + (j % n_img) * img_stride,
@@ -1892,7 +1994,7 @@ static int copy_pass(struct bench *b, struct shadow__copy_ctx *ctx, struct shado
 		if (rc < 0)
 			err = rc;
 		/* Bursts of 64 frames per flush, as the copy thread drains its ring in bursts. */
-		if ((j + 1) % 64 == 0)
+		if ((j / step + 1) % 64 == 0)
 			(void)ops->flush(ctx);
 	}
 	(void)ops->flush(ctx);
@@ -1908,12 +2010,61 @@ static int copy_drain(const struct shadow__copy_ops *ops, struct shadow__copy_ct
 	return err;
 }
 
+/* One thread of the copy term (copy_frames): its share of every pass, in a context of its own. */
+struct copier {
+	struct bench *b;
+	struct shadow__copy_region *r;
+	const uint8_t *imgs;
+	uint32_t n_img, first, step;
+	uint64_t img_stride;
+	bool poison;
+	struct start_gate *gate;  /* NULL: alone */
+	uint64_t jobs, t0, t1;    /* jobs copied in the timed passes, and when they ran */
+	int rc;
+};
+
+static void *copier_main(void *arg)
+{
+	struct copier *c = arg;
+	struct bench *b = c->b;
+	const struct shadow__copy_ops *ops = b->copy_ops;
+	const uint64_t n_jobs = (uint64_t)b->ds.n_chunks * b->ds.n_frames;
+	const uint64_t share = (n_jobs - c->first + c->step - 1) / c->step;
+	struct shadow__copy_ctx *ctx = NULL;
+	int rc = ops->ctx_create(&ctx);
+
+	/* Untimed, as the fetch's first pass: our mapping of a host region is new, and a first
+	 * touch costs a page fault (~20 us each on the dev VM); CUDA makes its stream. */
+	if (rc == 0 && !c->poison)
+		rc = copy_drain(ops, ctx, copy_pass(b, ctx, c->r, c->imgs, c->n_img, c->img_stride,
+						    c->first, c->step));
+	/* Everyone's first pass is done (or someone failed: leave at once). */
+	if (c->gate != NULL && !gate_arrive(c->gate, rc) && rc == 0)
+		rc = -ECANCELED;
+	c->t0 = bench_now_ns();
+	while (rc == 0) {
+		rc = copy_pass(b, ctx, c->r, c->imgs, c->n_img, c->img_stride, c->first, c->step);
+		c->jobs += share;
+		if (c->poison || bench_seconds(c->t0, bench_now_ns()) >= b->o->min_time)
+			break;
+	}
+	if (ctx != NULL) {
+		rc = copy_drain(ops, ctx, rc);
+		ops->ctx_destroy(ctx);
+	}
+	c->t1 = bench_now_ns();
+	c->rc = rc;
+	return NULL;
+}
+
 /*
- * The copy term (poison false): the destination's backend alone, on this thread, copying
- * staging images from pool memory (pinned for cuda) with the fetch's plans, whole passes
- * until min_time; decoded GB/s into b->copy_gbps. Poison (true): one pass of an image of 0xff
- * bytes (bf16 NaN), so that the check after a run sees any frame the pipeline did not write.
- * 0 or -1 (printed).
+ * The copy term (poison false): the destination's backend alone, copying staging images from
+ * pool memory (pinned for cuda) with the fetch's plans, whole passes until min_time, on
+ * --copy-threads threads as the pipeline's copy threads, each with a context of its own and
+ * every step-th job; decoded GB/s (all their bytes / from the common start to the last end)
+ * into b->copy_gbps. Poison (true): one pass of an image of 0xff bytes (bf16 NaN) on this
+ * thread, so that the check after a run sees any frame the pipeline did not write. 0 or -1
+ * (printed).
  */
 static int copy_frames(struct bench *b, bool poison)
 {
@@ -1921,44 +2072,59 @@ static int copy_frames(struct bench *b, bool poison)
 	const struct shadow__copy_ops *ops = b->copy_ops;
 	const uint64_t n_jobs = (uint64_t)ds->n_chunks * ds->n_frames;
 	const uint32_t n_img = poison ? 1u : (uint32_t)SHADOW_MIN(n_jobs, (uint64_t)COPY_IMAGES);
+	const uint32_t n = poison ? 1u : (uint32_t)SHADOW_MIN((uint64_t)b->o->copy_threads, n_jobs);
 	const uint64_t img_stride = round_up(ds->frame_nbytes, 4096);
 	struct shadow__copy_region *r = NULL;
-	struct shadow__copy_ctx *ctx = NULL;
+	struct copier c[COPY_THREADS_MAX];
+	pthread_t tid[COPY_THREADS_MAX];
+	struct start_gate gate = {
+		.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .n = n,
+	};
 	uint8_t *imgs = NULL;
-	uint64_t passes = 0, t0;
+	uint32_t started = 0;
 	int rc;
 
 	rc = ops->region_open(&ds->dst.spec.mem, &r);
-	if (rc == 0)
-		rc = ops->ctx_create(&ctx);
 	if (rc == 0)
 		rc = shadow__copy_pool_alloc(n_img * img_stride, b->o->cuda, (void **)&imgs);
 	if (rc < 0)
 		goto out;
 	memset(imgs, poison ? 0xff : 0x3c, n_img * img_stride);
-	if (!poison) {
-		/* Untimed, as the fetch's first pass: our mapping of a host region is new, and a
-		 * first touch costs a page fault (~20 us each on the dev VM). */
-		rc = copy_drain(ops, ctx, copy_pass(b, ctx, r, imgs, n_img, img_stride));
-		if (rc < 0)
-			goto out;
+	atomic_init(&gate.done, false);
+	for (uint32_t k = 0; k < n; k++) {
+		c[k] = (struct copier){ .b = b, .r = r, .imgs = imgs, .n_img = n_img, .first = k,
+					.step = n, .img_stride = img_stride, .poison = poison,
+					.gate = n > 1 ? &gate : NULL };
 	}
-	t0 = bench_now_ns();
-	do {
-		rc = copy_pass(b, ctx, r, imgs, n_img, img_stride);
-		passes++;
-	} while (rc == 0 && !poison && bench_seconds(t0, bench_now_ns()) < b->o->min_time);
-	rc = copy_drain(ops, ctx, rc);
-	if (!poison)
-		b->copy_gbps = gbps(passes * n_jobs * ds->frame_nbytes,
-				    bench_seconds(t0, bench_now_ns()));
+	if (n == 1) {
+		copier_main(&c[0]);
+		started = 1;
+	} else {
+		for (; started < n; started++) {
+			rc = -pthread_create(&tid[started], NULL, copier_main, &c[started]);
+			if (rc < 0) {
+				(void)gate_arrive(&gate, rc); /* the ones started wait for no more */
+				break;
+			}
+		}
+		for (uint32_t k = 0; k < started; k++)
+			pthread_join(tid[k], NULL);
+	}
+	uint64_t jobs = 0, t0 = UINT64_MAX, t1 = 0;
+	for (uint32_t k = 0; k < started; k++) {
+		if (rc == 0)
+			rc = c[k].rc;
+		jobs += c[k].jobs;
+		t0 = SHADOW_MIN(t0, c[k].t0);
+		t1 = SHADOW_MAX(t1, c[k].t1);
+	}
+	if (rc == 0 && !poison)
+		b->copy_gbps = gbps(jobs * ds->frame_nbytes, bench_seconds(t0, t1));
 out:
 	if (rc < 0)
 		fprintf(stderr, "%s: %s: %s backend: %s\n", b->o->prog,
 			poison ? "poisoning the destination" : "copy term", ops->name,
 			shadow_strerror(rc));
-	if (ctx != NULL)
-		ops->ctx_destroy(ctx);
 	if (imgs != NULL)
 		shadow__copy_pool_free(imgs, n_img * img_stride, b->o->cuda);
 	ops->region_close(r);
@@ -2171,27 +2337,69 @@ static void alone_cpus(const struct bench *b, uint32_t n, int *cpus)
 	}
 }
 
-/*
- * The decode terms of a row with T decode threads, right before it: one core on measure_cpu
- * (into *one_ret, the row's bound), then T cores alone, hot and cycled (decode_alone), on
- * the CPUs named into cpus_text. 0 or -1 (printed).
- */
-static int row_decode_terms(struct bench *b, const struct scheme_run *sr, uint32_t threads,
-			    double *one_ret, double *hot_ret, double *cycled_ret, char *cpus_text,
-			    size_t cpus_text_nbytes)
-{
-	int cpus[THREADS_MAX], rc;
-	cpu_set_t set;
+/* One core's decode speed, alone, on each CPU of the pipeline's set (core_speeds()). */
+struct core_speeds {
+	double first; /* on measure_cpu, the set's first CPU */
+	double mean, lo, hi;
+	uint32_t n;
+};
 
-	if (b->pinned && (rc = pin_self(b->measure_cpu)) < 0) {
-		fprintf(stderr, "%s: cannot pin the main thread to CPU %d: %s\n", b->o->prog,
-			b->measure_cpu, strerror(-rc));
-		return -1;
+/*
+ * One core's decode speed on each CPU of the pipeline's set in turn, each alone for a quarter
+ * of min_time (whole chunks), into *cs; not pinned: once, wherever this thread runs. A row's
+ * decode term is T x the mean: the pipeline's threads float over the whole set, and on the
+ * GPU host (a 16-vCPU guest) one vCPU decodes up to 1.5x faster than another at the same
+ * moment, and the same vCPU changes speed within a minute (PCA 0.16 against 0.22-0.24 GB/s,
+ * bf16planes 0.9 against 1.4, two vCPUs measured at once), so T x the first CPU's figure
+ * alone missed or overshot the pipeline's cores by as much as the target's margin. 0 or -1
+ * (printed).
+ */
+static int core_speeds(struct bench *b, const struct scheme_run *sr, struct core_speeds *cs)
+{
+	const double t = fmax(b->o->min_time / 4, 0.05);
+	double sum = 0.0, v;
+	int rc = 0;
+
+	*cs = (struct core_speeds){ .first = NAN, .lo = INFINITY, .hi = 0.0 };
+	for (int c = 0; c < CPU_SETSIZE; c++) {
+		if (b->pinned && !CPU_ISSET(c, &b->pipe_cpus))
+			continue;
+		if (b->pinned && (rc = pin_self(c)) < 0) {
+			fprintf(stderr, "%s: cannot pin the main thread to CPU %d: %s\n",
+				b->o->prog, c, strerror(-rc));
+			break;
+		}
+		if ((rc = measure_decode(b, sr, t, &v)) < 0)
+			break;
+		if (cs->n++ == 0)
+			cs->first = v;
+		sum += v;
+		cs->lo = fmin(cs->lo, v);
+		cs->hi = fmax(cs->hi, v);
+		if (!b->pinned)
+			break;
 	}
-	rc = measure_decode(b, sr, one_ret);
 	if (b->pinned)
 		(void)pin_self(b->main_cpu);
-	if (rc < 0)
+	if (rc < 0 || cs->n == 0)
+		return -1;
+	cs->mean = sum / cs->n;
+	return 0;
+}
+
+/*
+ * The decode terms of a row with T decode threads, right before it: one core on each CPU of
+ * the set (core_speeds: T x its mean is the row's bound), then T cores alone, hot and cycled
+ * (decode_alone), on the CPUs named into cpus_text. 0 or -1 (printed).
+ */
+static int row_decode_terms(struct bench *b, const struct scheme_run *sr, uint32_t threads,
+			    struct core_speeds *cs, double *hot_ret, double *cycled_ret,
+			    char *cpus_text, size_t cpus_text_nbytes)
+{
+	int cpus[THREADS_MAX];
+	cpu_set_t set;
+
+	if (core_speeds(b, sr, cs) < 0)
 		return -1;
 	snprintf(cpus_text, cpus_text_nbytes, "any CPUs (not pinned)");
 	if (threads > b->n_pipe_cpus || threads > THREADS_MAX)
@@ -2225,11 +2433,12 @@ static int scheme_fetch(struct bench *b, struct scheme_run *sr, uint32_t threads
 	struct run_result warm, res;
 	uint64_t rss0, rss1;
 	uint32_t id;
-	double one = NAN, hot = NAN, cycled = NAN;
+	double hot = NAN, cycled = NAN;
+	struct core_speeds cs;
 	char cpus[256];
 	int rc;
 
-	if (row_decode_terms(b, sr, threads, &one, &hot, &cycled, cpus, sizeof(cpus)) < 0)
+	if (row_decode_terms(b, sr, threads, &cs, &hot, &cycled, cpus, sizeof(cpus)) < 0)
 		return -1;
 	pipeline_config(b, sr, threads, &cfg);
 	rss0 = rss_private_nbytes();
@@ -2281,7 +2490,7 @@ static int scheme_fetch(struct bench *b, struct scheme_run *sr, uint32_t threads
 	}
 
 	struct row *row = &b->rows[b->n_rows++];
-	const double dec = one * threads;
+	const double one = cs.mean, dec = one * threads;
 	const double st = sr->store_gbps * sr->ratio;
 	row->store = store_names[sr->store_kind];
 	row->scheme = sr->scheme;
@@ -2311,8 +2520,10 @@ static int scheme_fetch(struct bench *b, struct scheme_run *sr, uint32_t threads
 	       fmax(0.0, res.cpu_s - res.user_s), (double)res.bytes_out * 1e-9, res.seconds);
 	/* Against it, decoders alone, measured before the run: what T cores at once cost each
 	 * other (hot vs T x one core), and what cold slots would cost (cycled vs hot). */
-	printf("%*s decode alone: 1 core %.3f GB/s (x%u = %.3f); %u at once on %s: hot %.3f "
-	       "(%.3f per core), cycled %.3f (%.3f per core)\n", 6, "", one, threads,
+	printf("%*s decode alone: 1 core %.3f GB/s, the mean of %u CPUs (%.3f-%.3f; CPU %d "
+	       "%.3f, goodput / %u x that %.2f) (x%u = %.3f); %u at once on %s: hot %.3f (%.3f "
+	       "per core), cycled %.3f (%.3f per core)\n", 6, "", one, cs.n, cs.lo, cs.hi,
+	       b->measure_cpu, cs.first, threads, row->goodput / (cs.first * threads), threads,
 	       one * threads, threads, cpus, hot, hot / threads, cycled, cycled / threads);
 	if (b->csv != NULL) {
 		fprintf(b->csv, "%s,%s,%u,%.6g,%.6g,%.6g\n", row->store, row->scheme, threads,
@@ -2370,7 +2581,7 @@ static int run_scheme(struct bench *b, enum store_kind kind, uint32_t idx, const
 	if (rc == 0 && b->pinned)
 		rc = pin_self(b->measure_cpu);
 	if (rc == 0 && isnan(b->decode1[idx]))
-		rc = measure_decode(b, &sr, &b->decode1[idx]);
+		rc = measure_decode(b, &sr, 0.0, &b->decode1[idx]);
 	if (rc == 0)
 		rc = measure_store(b, &sr);
 	if (b->pinned)
@@ -2455,9 +2666,11 @@ static void print_setup(const struct bench *b)
 	       (double)ds->dst.spec.mem.nbytes / (double)MIB,
 	       o->contiguous ? "in order" : "scattered (fixed random permutation)");
 	printf("pipeline: pool %llu MiB%s, receive buffers %llu KiB (%u), frame slots %llu KiB "
-	       "(%u), %u fetch thread(s)\n", (unsigned long long)(o->pool_nbytes / MIB),
-	       o->cuda ? " pinned" : "", (unsigned long long)(ds->rx_nbytes >> 10), b->n_rx,
-	       (unsigned long long)(ds->slot_nbytes >> 10), b->n_slots, o->fetch_threads);
+	       "(%u), %u fetch thread(s), %u copy thread(s)\n",
+	       (unsigned long long)(o->pool_nbytes / MIB), o->cuda ? " pinned" : "",
+	       (unsigned long long)(ds->rx_nbytes >> 10), b->n_rx,
+	       (unsigned long long)(ds->slot_nbytes >> 10), b->n_slots, o->fetch_threads,
+	       o->copy_threads);
 	if (b->pinned) {
 		cpu_set_text(&b->pipe_cpus, cpus, sizeof(cpus));
 		printf("cpus: main thread on %d; pipeline threads inside %s (%u CPUs); bound terms "
@@ -2761,8 +2974,8 @@ int shadow_bench_pipeline_main(int argc, char **argv)
 		b.status = 1;
 		goto out;
 	}
-	printf("copy term: %s backend, one thread, staging images into the destination: %.3f "
-	       "GB/s", b.copy_ops->name, b.copy_gbps);
+	printf("copy term: %s backend, %u thread(s), staging images into the destination: %.3f "
+	       "GB/s", b.copy_ops->name, o.copy_threads, b.copy_gbps);
 	if (o.cuda)
 		printf("; plain pinned H2D (%u x %llu MiB on one stream): %.3f GB/s", H2D_COPIES,
 		       (unsigned long long)(H2D_COPY_NBYTES / MIB), b.h2d_gbps);
