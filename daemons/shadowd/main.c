@@ -15,7 +15,9 @@
  * Threads (docs/threads.md): this main thread becomes the control thread (server.c); the
  * pipeline's fetch, decode, copy and save threads and the metrics thread are started from here
  * after the main thread pinned itself into --cpus, so every thread inherits the set (the
- * pipeline pins its own again). SIGTERM and SIGINT are blocked in every thread and read
+ * pipeline pins its own again: one CPU each when the set has one for every pipeline thread,
+ * the control and metrics threads then floating over the set). SIGTERM and SIGINT are
+ * blocked in every thread and read
  * through a signalfd by the control thread.
  *
  * Exit status: 0 after a drain, 1 on a runtime failure, 2 on a usage error.

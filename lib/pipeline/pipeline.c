@@ -3,7 +3,8 @@
  *
  * DESIGN
  *
- * Threads (all pinned inside cfg->cpus when given; docs/threads.md):
+ * Threads (all pinned inside cfg->cpus when given, each to a CPU of its own when the set has
+ * enough; thread_pin(), docs/threads.md):
  *   fetch  x fetch_threads   pops FETCH and LOOKUP ops, owns a store handle; starts one GET
  *                            per chunk into a free receive buffer; as bytes land it parses
  *                            the container's metadata and hands each frame whose payload has
@@ -1051,11 +1052,28 @@ void shadow__pipeline_config_default(struct shadow__pipeline_config *cfg)
 	cfg->save_threads = 1;
 }
 
-static int thread_pin(pthread_t tid, const cpu_set_t *cpus)
+/*
+ * Where thread i of n (creation order: fetch, decode, copy, save) may run, into *set: the
+ * i-th CPU of cpus when the set has a CPU for every thread, else the whole set. Apart, a busy
+ * thread never shares a CPU with another: floating, a thread woken through a doorbell is
+ * often placed on its waker's CPU for a while (the scheduler's wake-affine placement), and
+ * on the GPU host two busy threads sharing a vCPU showed as rows at 0.69 of their bound
+ * (bench/pipeline). With fewer CPUs than threads the scheduler balances better than a fixed
+ * assignment could.
+ */
+static void thread_cpus(const cpu_set_t *cpus, uint32_t i, uint32_t n, cpu_set_t *set)
 {
-	if (cpus == NULL)
-		return 0;
-	return -pthread_setaffinity_np(tid, sizeof(*cpus), cpus);
+	if ((uint32_t)CPU_COUNT(cpus) < n) {
+		*set = *cpus;
+		return;
+	}
+	CPU_ZERO(set);
+	for (int c = 0; c < CPU_SETSIZE; c++) {
+		if (CPU_ISSET(c, cpus) && i-- == 0) {
+			CPU_SET(c, set);
+			break;
+		}
+	}
 }
 
 static void thread_fini(struct pl_thread *t)
@@ -1273,22 +1291,35 @@ int shadow__pipeline_create(const struct shadow__pipeline_config *cfg,
 		struct pl_thread *t = &pl->threads[i];
 		int kind = i < pl->n_fetch ? 0 : i < pl->n_fetch + pl->n_decode ? 1 :
 			   i < pl->n_fetch + pl->n_decode + pl->n_copy ? 2 : 3;
-		rc = -pthread_create(&t->tid, NULL, thread_main[kind], t);
+		pthread_attr_t attr;
+		cpu_set_t set;
+
+		rc = -pthread_attr_init(&attr);
 		if (rc < 0)
 			goto fail;
-		t->started = true;
-		rc = thread_pin(t->tid, cfg->cpus);
+		if (cfg->cpus != NULL) {
+			/* Pinned from its first instruction: it never runs outside the set. */
+			thread_cpus(cfg->cpus, i, pl->n_threads, &set);
+			rc = -pthread_attr_setaffinity_np(&attr, sizeof(set), &set);
+		}
+		if (rc == 0)
+			rc = -pthread_create(&t->tid, &attr, thread_main[kind], t);
+		pthread_attr_destroy(&attr);
 		if (rc < 0) {
-			SHADOW_LOGE("pipeline: cannot pin a thread to the CPU set: %s",
-				    shadow_strerror(rc));
+			SHADOW_LOGE("pipeline: cannot start a thread%s: %s",
+				    cfg->cpus != NULL ? " inside the CPU set" : "", shadow_strerror(rc));
 			goto fail;
 		}
+		t->started = true;
 	}
 	SHADOW_LOGI("pipeline: %u receive buffers of %llu MiB, %u frame slots of %llu KiB, "
-		    "%u fetch / %u decode / %u copy / %u save threads%s",
+		    "%u fetch / %u decode / %u copy / %u save threads%s%s",
 		    pl->n_rx, (unsigned long long)(cfg->rx_nbytes >> 20), pl->n_slots,
 		    (unsigned long long)(cfg->slot_nbytes >> 10), pl->n_fetch, pl->n_decode,
-		    pl->n_copy, pl->n_save, cfg->pinned ? ", pinned" : "");
+		    pl->n_copy, pl->n_save, cfg->pinned ? ", pinned" : "",
+		    cfg->cpus == NULL ? "" :
+		    (uint32_t)CPU_COUNT(cfg->cpus) >= pl->n_threads ? ", one CPU each" :
+								      ", floating in the CPU set");
 	*pl_ret = pl;
 	return 0;
 fail:

@@ -3,10 +3,13 @@
  * a mem:// store, look them up, fetch them into another region with another layout and other
  * block ids, and compare every head vector; lossless schemes byte-exact, int8 within its
  * bound. Plus: many ops at once, a pool smaller than one op, misses, corrupt and foreign
- * values, deadlines, cancel, region removal, and destroy with work in flight.
+ * values, deadlines, cancel, region removal, destroy with work in flight, and where the
+ * threads are pinned.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -22,6 +25,7 @@
 #include <cmocka.h>
 
 #include "core/clock.h"
+#include "core/cpuset.h"
 #include "pipeline/pipeline.h"
 
 #define N_BLOCKS 48u
@@ -479,6 +483,112 @@ static void test_destroy_in_flight(void **state)
 			assert_true(st[k][i] == SHADOW_CHUNK_OK || st[k][i] == SHADOW_CHUNK_CANCELED);
 }
 
+/* The CPUs thread `tid` of this process may run on, from /proc (Cpus_allowed_list). */
+static void task_cpus(const char *tid, cpu_set_t *set)
+{
+	char path[320], line[512];
+	bool seen = false;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%.32s/status", tid); /* a number */
+	FILE *f = fopen(path, "r");
+	assert_non_null(f);
+	while (fgets(line, sizeof(line), f) != NULL) {
+		if (strncmp(line, "Cpus_allowed_list:", 18) == 0) {
+			char *v = line + 18 + strspn(line + 18, " \t");
+			v[strcspn(v, "\n")] = '\0';
+			assert_int_equal(shadow__cpuset_parse(v, set), 0);
+			seen = true;
+		}
+	}
+	fclose(f);
+	assert_true(seen);
+}
+
+/* The thread ids of this process, into ids (at most max); how many. */
+static int task_ids(char (*ids)[256], int max)
+{
+	DIR *d = opendir("/proc/self/task");
+	int n = 0;
+
+	assert_non_null(d);
+	for (struct dirent *e; (e = readdir(d)) != NULL;) {
+		if (e->d_name[0] != '.' && n < max)
+			snprintf(ids[n++], sizeof(ids[0]), "%s", e->d_name);
+	}
+	closedir(d);
+	return n;
+}
+
+/*
+ * Create a pipeline inside `cpus` (1 fetch, 1 decode, 1 copy, 1 save thread) and check where
+ * each of its threads may run: one CPU of its own each when the set has a CPU for every
+ * thread, the whole set otherwise.
+ */
+static void check_pinning(const cpu_set_t *cpus)
+{
+	char before[64][256], after[64][256];
+	struct shadow__pipeline_config cfg;
+	struct shadow__pipeline *pl = NULL;
+	cpu_set_t used;
+	const bool apart = CPU_COUNT(cpus) >= 4;
+	int n0, n1, found = 0;
+
+	shadow__pipeline_config_default(&cfg);
+	cfg.store_url = "mem://test-pipeline-pin";
+	cfg.pool_nbytes = 8u << 20;
+	cfg.rx_nbytes = 1u << 20;
+	cfg.slot_nbytes = 64u << 10;
+	cfg.decode_threads = 1;
+	cfg.cpus = cpus;
+	n0 = task_ids(before, 64);
+	assert_int_equal(shadow__pipeline_create(&cfg, &pl), 0);
+	n1 = task_ids(after, 64);
+	CPU_ZERO(&used);
+	for (int i = 0; i < n1; i++) {
+		bool old = false;
+		for (int j = 0; j < n0 && !old; j++)
+			old = strcmp(after[i], before[j]) == 0;
+		if (old)
+			continue;
+		cpu_set_t set, both;
+		task_cpus(after[i], &set);
+		found++;
+		if (!apart) {
+			assert_true(CPU_EQUAL(&set, cpus));
+			continue;
+		}
+		assert_int_equal(CPU_COUNT(&set), 1);
+		CPU_AND(&both, &set, cpus);
+		assert_int_equal(CPU_COUNT(&both), 1); /* inside the set */
+		CPU_AND(&both, &set, &used);
+		assert_int_equal(CPU_COUNT(&both), 0); /* and no other thread's */
+		CPU_OR(&used, &used, &set);
+	}
+	assert_int_equal(found, 4);
+	shadow__pipeline_destroy(pl);
+}
+
+static void test_threads_pinned(void **state)
+{
+	cpu_set_t mine, one;
+
+	(void)state;
+	assert_int_equal(sched_getaffinity(0, sizeof(mine), &mine), 0);
+	CPU_ZERO(&one);
+	for (int c = 0; c < CPU_SETSIZE; c++) {
+		if (CPU_ISSET(c, &mine)) {
+			CPU_SET(c, &one);
+			break;
+		}
+	}
+	check_pinning(&one); /* four threads, one CPU: all share it */
+	if (CPU_COUNT(&mine) < 4) {
+		print_message("only %d CPUs: threads one CPU each not checked\n", CPU_COUNT(&mine));
+		return;
+	}
+	check_pinning(&mine);
+}
+
 static void test_config_errors(void **state)
 {
 	struct shadow__pipeline_config cfg;
@@ -526,6 +636,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_deadline_cancel_and_bad_ops, setup_lossless,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_destroy_in_flight, setup_lossless, teardown),
+		cmocka_unit_test(test_threads_pinned),
 		cmocka_unit_test(test_config_errors),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
