@@ -38,10 +38,10 @@
  *   decode  shadow_chunk_decode_frame() of every frame of the scheme's containers (read back
  *           from the store) into one staging image, timed as bench/codec times it: decoded
  *           GB/s of one core, times T. The scheme's "terms" line shows it on the set's first
- *           CPU. Right before each row it is measured again on every CPU of the pipeline's
- *           set in turn, each alone, and the row's bound takes T x their mean: the
- *           pipeline's threads float over the set, and on a VM one core's speed differs from
- *           CPU to CPU and drifts over a run (clocks, neighbours; core_speeds());
+ *           CPU; for a row it is measured on every CPU of the pipeline's set in turn, each
+ *           alone, and T x the mean over the CPUs the row's decode threads are pinned to (the
+ *           whole set when they float) is the row's term: on a VM one core's speed differs
+ *           from CPU to CPU and drifts over a run (clocks, neighbours; core_speeds());
  *   store   GETs of the same values with the store alone: on as many threads as the
  *           pipeline has fetch threads, each with a handle opened with the pipeline's store
  *           options (so the same connections as a fetch thread), as many GETs in flight in
@@ -53,9 +53,14 @@
  *           staging images from pool memory into the destination with the pipeline's plans
  *           (host: a memcpy per run; cuda: batched H2D from pinned memory). With --cuda also a
  *           plain pinned H2D reference: large contiguous copies into device memory.
+ * A row measures all three right before its run and again right after it, and takes each
+ * term's mean of the two (row_terms()): on the GPU host a term moves by 10-25% within a
+ * minute, as much as the target's margin, and a drift during the run then shows as a gap
+ * between the two figures on the row's "terms before / after" line.
  * bound = min(T x decode, store, copy); the table names the smallest term.
  *
- * Beside each row, measured right before it with the same loop as the decode term, T cores
+ * With --alone, beside each row, measured right before it with the same loop as the decode
+ * term, T cores
  * alone: T decoders started together (a start barrier), each pinned to a CPU of its own from
  * the pipeline's set (one per core before hyperthread siblings, as the scheduler spreads the
  * pipeline's threads) and starting at its own place in the data set; decoded GB/s = all their
@@ -83,9 +88,10 @@
  *
  * CPUs. The main thread is pinned to the first CPU it may use (CPU 0 normally); a
  * redis-server started here to the last one when there are at least 3 (else it shares the
- * main thread's CPU, which only sleeps during the runs); the pipeline's threads float inside
- * --cpus, by default all the CPUs left. Decode thread counts above the pipeline's CPUs are
- * skipped. The save pipeline, untimed and alone, uses every CPU.
+ * main thread's CPU, which only sleeps during the runs); the pipeline's threads run inside
+ * --cpus, by default all the CPUs left: one CPU each, in the set's order, when the set has
+ * enough, else floating in it (lib/pipeline/pipeline.c). Decode thread counts above the
+ * pipeline's CPUs are skipped. The save pipeline, untimed and alone, uses every CPU.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -193,7 +199,7 @@ struct options {
 	cpu_set_t cpus;
 	bool cpus_set;
 	bool stores[ST_COUNT];
-	bool quick, pin, cuda, synthetic, contiguous;
+	bool quick, pin, cuda, synthetic, contiguous, alone;
 };
 
 /* A KV region as the pipeline sees it, and where it lives here. */
@@ -347,6 +353,8 @@ static void usage(FILE *out, const char *prog)
 		"  --synthetic         a synthetic KV instead of the dumps\n"
 		"  --csv PATH          rows store,scheme,decode_threads,goodput_gbps,cpu_s_per_gb,\n"
 		"                      bound_gbps\n"
+		"  --alone             beside each row, T cores decoding alone at once (hot and\n"
+		"                      cycled through pool-sized memory)\n"
 		"  --quick             smoke test: few chunks, short measurements\n"
 		"  -h, --help\n",
 		prog, cuda_extra_scheme, DEFAULT_CHUNKS, QUICK_CHUNKS, DEFAULT_INFLIGHT, DEFAULT_GB,
@@ -448,6 +456,8 @@ static int parse_args(int argc, char **argv, struct options *o)
 		if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
 			usage(stdout, o->prog);
 			return -1;
+		} else if (strcmp(a, "--alone") == 0) {
+			o->alone = true;
 		} else if (strcmp(a, "--quick") == 0) {
 			o->quick = true;
 		} else if (strcmp(a, "--no-pin") == 0) {
@@ -2308,8 +2318,8 @@ static void print_row(const struct row *r)
 
 /*
  * `n` CPUs of the pipeline's set for decoders alone into cpus[] (-1 each when not pinned):
- * one per core first, as the scheduler spreads the pipeline's floating threads over idle
- * cores first, then hyperthread siblings. The set holds at least n CPUs.
+ * one per core first (as the scheduler spreads floating threads over idle cores), then
+ * hyperthread siblings. The set holds at least n CPUs.
  */
 static void alone_cpus(const struct bench *b, uint32_t n, int *cpus)
 {
@@ -2339,31 +2349,44 @@ static void alone_cpus(const struct bench *b, uint32_t n, int *cpus)
 
 /* One core's decode speed, alone, on each CPU of the pipeline's set (core_speeds()). */
 struct core_speeds {
-	double first; /* on measure_cpu, the set's first CPU */
+	double first;   /* on measure_cpu, the set's first CPU */
 	double mean, lo, hi;
+	double own;     /* the mean over the decode threads' CPUs; `mean` when they float */
+	int own_first, own_last; /* those CPUs (-1: floating) */
 	uint32_t n;
 };
 
 /*
  * One core's decode speed on each CPU of the pipeline's set in turn, each alone for a quarter
  * of min_time (whole chunks), into *cs; not pinned: once, wherever this thread runs. A row's
- * decode term is T x the mean: the pipeline's threads float over the whole set, and on the
- * GPU host (a 16-vCPU guest) one vCPU decodes up to 1.5x faster than another at the same
- * moment, and the same vCPU changes speed within a minute (PCA 0.16 against 0.22-0.24 GB/s,
- * bf16planes 0.9 against 1.4, two vCPUs measured at once), so T x the first CPU's figure
- * alone missed or overshot the pipeline's cores by as much as the target's margin. 0 or -1
- * (printed).
+ * decode term is T x the mean over the CPUs its decode threads run on: the pipeline pins
+ * each thread to a CPU of its own when the set has one for every thread (fetch, decode,
+ * copy, save, in the set's order: lib/pipeline/pipeline.c), and T x the mean over the whole
+ * set when they float. On the GPU host (a 16-vCPU guest) one vCPU decodes up to 1.5x faster
+ * than another at the same moment, and the same vCPU changes speed within a minute (PCA 0.16
+ * against 0.22-0.24 GB/s, bf16planes 0.9 against 1.4, two vCPUs measured at once), so T x
+ * the first CPU's figure alone missed or overshot the pipeline's cores by as much as the
+ * target's margin. 0 or -1 (printed).
  */
-static int core_speeds(struct bench *b, const struct scheme_run *sr, struct core_speeds *cs)
+static int core_speeds(struct bench *b, const struct scheme_run *sr, uint32_t threads,
+		       struct core_speeds *cs)
 {
 	const double t = fmax(b->o->min_time / 4, 0.05);
-	double sum = 0.0, v;
+	const struct options *o = b->o;
+	const uint32_t own0 = o->fetch_threads, n_threads = o->fetch_threads + threads +
+							     o->copy_threads + 1 /* save */;
+	const bool apart = b->pinned && n_threads <= b->n_pipe_cpus;
+	double sum = 0.0, own = 0.0, v;
+	uint32_t k = 0;
 	int rc = 0;
 
-	*cs = (struct core_speeds){ .first = NAN, .lo = INFINITY, .hi = 0.0 };
+	*cs = (struct core_speeds){ .first = NAN, .lo = INFINITY, .hi = 0.0, .own_first = -1,
+				    .own_last = -1 };
 	for (int c = 0; c < CPU_SETSIZE; c++) {
 		if (b->pinned && !CPU_ISSET(c, &b->pipe_cpus))
 			continue;
+		const bool decoder = apart && k >= own0 && k < own0 + threads;
+		k++;
 		if (b->pinned && (rc = pin_self(c)) < 0) {
 			fprintf(stderr, "%s: cannot pin the main thread to CPU %d: %s\n",
 				b->o->prog, c, strerror(-rc));
@@ -2374,6 +2397,12 @@ static int core_speeds(struct bench *b, const struct scheme_run *sr, struct core
 		if (cs->n++ == 0)
 			cs->first = v;
 		sum += v;
+		if (decoder) {
+			own += v;
+			if (cs->own_first < 0)
+				cs->own_first = c;
+			cs->own_last = c;
+		}
 		cs->lo = fmin(cs->lo, v);
 		cs->hi = fmax(cs->hi, v);
 		if (!b->pinned)
@@ -2384,23 +2413,20 @@ static int core_speeds(struct bench *b, const struct scheme_run *sr, struct core
 	if (rc < 0 || cs->n == 0)
 		return -1;
 	cs->mean = sum / cs->n;
+	cs->own = apart ? own / threads : cs->mean;
 	return 0;
 }
 
 /*
- * The decode terms of a row with T decode threads, right before it: one core on each CPU of
- * the set (core_speeds: T x its mean is the row's bound), then T cores alone, hot and cycled
+ * T cores alone (--alone), right before a row: T decoders at once, hot and cycled
  * (decode_alone), on the CPUs named into cpus_text. 0 or -1 (printed).
  */
-static int row_decode_terms(struct bench *b, const struct scheme_run *sr, uint32_t threads,
-			    struct core_speeds *cs, double *hot_ret, double *cycled_ret,
-			    char *cpus_text, size_t cpus_text_nbytes)
+static int row_alone(struct bench *b, const struct scheme_run *sr, uint32_t threads,
+		     double *hot_ret, double *cycled_ret, char *cpus_text, size_t cpus_text_nbytes)
 {
 	int cpus[THREADS_MAX];
 	cpu_set_t set;
 
-	if (core_speeds(b, sr, cs) < 0)
-		return -1;
 	snprintf(cpus_text, cpus_text_nbytes, "any CPUs (not pinned)");
 	if (threads > b->n_pipe_cpus || threads > THREADS_MAX)
 		return 0; /* not run: NaN */
@@ -2418,10 +2444,46 @@ static int row_decode_terms(struct bench *b, const struct scheme_run *sr, uint32
 	return 0;
 }
 
+/* The terms of a row's bound, measured once right before its run and once right after. */
+struct row_terms {
+	struct core_speeds cs; /* one core, on each CPU of the set */
+	double store, copy;    /* GB/s of bf16, as goodput counts */
+};
+
 /*
- * Fetch with T decode threads: the row's decode terms, then create the pipeline, one untimed
- * pass, the timed run, the row. The first run of a scheme also checks the destination. 0 or
- * -1 (printed).
+ * Measure a row's terms: core_speeds(), then the store and copy terms on measure_cpu. The
+ * copy term writes the destination: before a scheme's first (checked) run, poison it again.
+ * 0 or -1 (printed).
+ */
+static int row_terms(struct bench *b, struct scheme_run *sr, uint32_t threads,
+		     struct row_terms *t)
+{
+	int rc;
+
+	if (core_speeds(b, sr, threads, &t->cs) < 0)
+		return -1;
+	if (b->pinned && (rc = pin_self(b->measure_cpu)) < 0) {
+		fprintf(stderr, "%s: cannot pin the main thread to CPU %d: %s\n", b->o->prog,
+			b->measure_cpu, strerror(-rc));
+		return -1;
+	}
+	rc = measure_store(b, sr);
+	if (rc == 0)
+		rc = copy_frames(b, false);
+	if (b->pinned)
+		(void)pin_self(b->main_cpu);
+	if (rc == 0 && !sr->checked)
+		rc = copy_frames(b, true);
+	t->store = sr->store_gbps * sr->ratio;
+	t->copy = b->copy_gbps;
+	return rc < 0 ? -1 : 0;
+}
+
+/*
+ * Fetch with T decode threads: the row's terms, then create the pipeline, one untimed pass,
+ * the timed run, the terms again; the row's bound takes each term's mean over the two
+ * measurements (this host's cores drift within the minute, docs/results.md). The first run
+ * of a scheme also checks the destination. 0 or -1 (printed).
  */
 static int scheme_fetch(struct bench *b, struct scheme_run *sr, uint32_t threads)
 {
@@ -2434,11 +2496,13 @@ static int scheme_fetch(struct bench *b, struct scheme_run *sr, uint32_t threads
 	uint64_t rss0, rss1;
 	uint32_t id;
 	double hot = NAN, cycled = NAN;
-	struct core_speeds cs;
+	struct row_terms t0, t1;
 	char cpus[256];
 	int rc;
 
-	if (row_decode_terms(b, sr, threads, &cs, &hot, &cycled, cpus, sizeof(cpus)) < 0)
+	if (row_terms(b, sr, threads, &t0) < 0)
+		return -1;
+	if (o->alone && row_alone(b, sr, threads, &hot, &cycled, cpus, sizeof(cpus)) < 0)
 		return -1;
 	pipeline_config(b, sr, threads, &cfg);
 	rss0 = rss_private_nbytes();
@@ -2488,10 +2552,12 @@ static int scheme_fetch(struct bench *b, struct scheme_run *sr, uint32_t threads
 			       "(lossy)\n", rel);
 		sr->checked = true;
 	}
+	if (row_terms(b, sr, threads, &t1) < 0)
+		return -1;
 
 	struct row *row = &b->rows[b->n_rows++];
-	const double one = cs.mean, dec = one * threads;
-	const double st = sr->store_gbps * sr->ratio;
+	const double one = (t0.cs.own + t1.cs.own) / 2, dec = one * threads;
+	const double st = (t0.store + t1.store) / 2, cp = (t0.copy + t1.copy) / 2;
 	row->store = store_names[sr->store_kind];
 	row->scheme = sr->scheme;
 	row->threads = threads;
@@ -2499,12 +2565,12 @@ static int scheme_fetch(struct bench *b, struct scheme_run *sr, uint32_t threads
 	row->cpu_per_gb = res.bytes_out > 0 ? res.cpu_s / ((double)res.bytes_out * 1e-9) : NAN;
 	row->decode1 = one;
 	row->store_gbps = st;
-	row->copy_gbps = b->copy_gbps;
-	if (dec <= st && dec <= b->copy_gbps)
+	row->copy_gbps = cp;
+	if (dec <= st && dec <= cp)
 		row->limit = LIM_DECODE;
 	else
-		row->limit = st <= b->copy_gbps ? LIM_STORE : LIM_COPY;
-	row->bound = fmin(dec, fmin(st, b->copy_gbps));
+		row->limit = st <= cp ? LIM_STORE : LIM_COPY;
+	row->bound = fmin(dec, fmin(st, cp));
 	row->rss_mib = rss1 > rss0 ? (double)(rss1 - rss0) / (double)MIB : 0.0;
 	if (rss1 > rss0 && rss1 - rss0 > b->rss_growth_max)
 		b->rss_growth_max = rss1 - rss0;
@@ -2518,13 +2584,23 @@ static int scheme_fetch(struct bench *b, struct scheme_run *sr, uint32_t threads
 	       gbps(s1.bytes_decoded - s0.bytes_decoded, dec_s),
 	       100.0 * dec_s / (res.seconds * threads), res.user_s,
 	       fmax(0.0, res.cpu_s - res.user_s), (double)res.bytes_out * 1e-9, res.seconds);
+	/* The terms before / after the run, and what T x CPU 1's speed alone (the bound of the
+	 * earlier runs) would have made of the row. */
+	char own[64] = "floating";
+	if (t0.cs.own_first >= 0)
+		snprintf(own, sizeof(own), "on CPUs %d-%d", t0.cs.own_first, t0.cs.own_last);
+	printf("%*s terms before / after: 1 core %.3f / %.3f GB/s (decode threads %s), all %u "
+	       "CPUs %.3f / %.3f (%.3f-%.3f / %.3f-%.3f); store %.3f / %.3f; copy %.3f / %.3f; "
+	       "CPU %d alone %.3f / %.3f, goodput / %u x that %.2f\n", 6, "", t0.cs.own,
+	       t1.cs.own, own, t0.cs.n, t0.cs.mean, t1.cs.mean, t0.cs.lo, t0.cs.hi, t1.cs.lo,
+	       t1.cs.hi, t0.store, t1.store, t0.copy, t1.copy, b->measure_cpu, t0.cs.first,
+	       t1.cs.first, threads, row->goodput / ((t0.cs.first + t1.cs.first) / 2 * threads));
 	/* Against it, decoders alone, measured before the run: what T cores at once cost each
 	 * other (hot vs T x one core), and what cold slots would cost (cycled vs hot). */
-	printf("%*s decode alone: 1 core %.3f GB/s, the mean of %u CPUs (%.3f-%.3f; CPU %d "
-	       "%.3f, goodput / %u x that %.2f) (x%u = %.3f); %u at once on %s: hot %.3f (%.3f "
-	       "per core), cycled %.3f (%.3f per core)\n", 6, "", one, cs.n, cs.lo, cs.hi,
-	       b->measure_cpu, cs.first, threads, row->goodput / (cs.first * threads), threads,
-	       one * threads, threads, cpus, hot, hot / threads, cycled, cycled / threads);
+	if (o->alone)
+		printf("%*s decode alone: %u at once on %s: hot %.3f (%.3f per core), cycled %.3f "
+		       "(%.3f per core)\n", 6, "", threads, cpus, hot, hot / threads, cycled,
+		       cycled / threads);
 	if (b->csv != NULL) {
 		fprintf(b->csv, "%s,%s,%u,%.6g,%.6g,%.6g\n", row->store, row->scheme, threads,
 			row->goodput, row->cpu_per_gb, row->bound);
