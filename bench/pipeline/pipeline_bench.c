@@ -687,6 +687,23 @@ static int pin_self(int cpu)
 	return -pthread_setaffinity_np(pthread_self(), sizeof(one), &one);
 }
 
+/*
+ * The k-th CPU of the pipeline's set (wrapping), where helper thread k of a term runs: a
+ * thread inherits its creator's CPUs, and the main thread measures pinned to one, so a term's
+ * helpers left alone would all share that CPU. -1 when not pinned.
+ */
+static int set_cpu(const struct bench *b, uint32_t k)
+{
+	if (!b->pinned)
+		return -1;
+	k %= b->n_pipe_cpus;
+	for (int c = 0; c < CPU_SETSIZE; c++) {
+		if (CPU_ISSET(c, &b->pipe_cpus) && k-- == 0)
+			return c;
+	}
+	return -1;
+}
+
 /* The first CPU of `cpu`'s core (from its thread_siblings_list, also copied into sib when
  * given), or `cpu` itself when sysfs does not say. */
 static int cpu_core(int cpu, char *sib, size_t sib_nbytes)
@@ -1590,6 +1607,7 @@ static void getter_done(struct shadow_store_req *req)
 /* One thread of the store term: its own handle (the first thread: the scheme's), its slots. */
 struct store_getter {
 	struct get_slot *slots;
+	int cpu; /* pinned there first; -1: as created */
 	uint32_t n_slots;
 	struct getter g;
 };
@@ -1599,6 +1617,8 @@ static void *store_getter_main(void *arg)
 	struct store_getter *sg = arg;
 	struct getter *g = &sg->g;
 
+	if (sg->cpu >= 0 && (g->err = pin_self(sg->cpu)) < 0)
+		return NULL;
 	g->active = sg->n_slots;
 	for (uint32_t i = 0; i < sg->n_slots; i++)
 		getter_submit(g, &sg->slots[i]);
@@ -1654,7 +1674,8 @@ static int measure_store(struct bench *b, struct scheme_run *sr)
 	for (uint32_t k = 0; k < n; k++) {
 		uint32_t first = k * n_slots / n, end = (k + 1) * n_slots / n;
 		struct shadow_store *store = k == 0 ? sr->store : sg[k].g.store;
-		sg[k] = (struct store_getter){ .slots = slots + first, .n_slots = end - first };
+		sg[k] = (struct store_getter){ .slots = slots + first, .n_slots = end - first,
+					       .cpu = set_cpu(b, k) };
 		sg[k].g = (struct getter){ .store = store, .keys = sr->key_text,
 					   .n_keys = ds->n_chunks,
 					   .next = (uint32_t)((uint64_t)k * ds->n_chunks / n),
@@ -2029,6 +2050,7 @@ struct copier {
 	uint64_t img_stride;
 	bool poison;
 	struct start_gate *gate;  /* NULL: alone */
+	int cpu;                  /* pinned there first; -1: as created */
 	uint64_t jobs, t0, t1;    /* jobs copied in the timed passes, and when they ran */
 	int rc;
 };
@@ -2041,8 +2063,10 @@ static void *copier_main(void *arg)
 	const uint64_t n_jobs = (uint64_t)b->ds.n_chunks * b->ds.n_frames;
 	const uint64_t share = (n_jobs - c->first + c->step - 1) / c->step;
 	struct shadow__copy_ctx *ctx = NULL;
-	int rc = ops->ctx_create(&ctx);
+	int rc = c->cpu >= 0 ? pin_self(c->cpu) : 0;
 
+	if (rc == 0)
+		rc = ops->ctx_create(&ctx);
 	/* Untimed, as the fetch's first pass: our mapping of a host region is new, and a first
 	 * touch costs a page fault (~20 us each on the dev VM); CUDA makes its stream. */
 	if (rc == 0 && !c->poison)
@@ -2104,7 +2128,8 @@ static int copy_frames(struct bench *b, bool poison)
 	for (uint32_t k = 0; k < n; k++) {
 		c[k] = (struct copier){ .b = b, .r = r, .imgs = imgs, .n_img = n_img, .first = k,
 					.step = n, .img_stride = img_stride, .poison = poison,
-					.gate = n > 1 ? &gate : NULL };
+					.gate = n > 1 ? &gate : NULL,
+					.cpu = n > 1 ? set_cpu(b, k) : -1 };
 	}
 	if (n == 1) {
 		copier_main(&c[0]);
