@@ -694,14 +694,7 @@ static int pin_self(int cpu)
  */
 static int set_cpu(const struct bench *b, uint32_t k)
 {
-	if (!b->pinned)
-		return -1;
-	k %= b->n_pipe_cpus;
-	for (int c = 0; c < CPU_SETSIZE; c++) {
-		if (CPU_ISSET(c, &b->pipe_cpus) && k-- == 0)
-			return c;
-	}
-	return -1;
+	return b->pinned ? shadow__cpuset_nth(&b->pipe_cpus, k % b->n_pipe_cpus) : -1;
 }
 
 /* The first CPU of `cpu`'s core (from its thread_siblings_list, also copied into sib when
@@ -2397,21 +2390,27 @@ static int core_speeds(struct bench *b, const struct scheme_run *sr, uint32_t th
 		       struct core_speeds *cs)
 {
 	const double t = fmax(b->o->min_time / 4, 0.05);
-	const struct options *o = b->o;
-	const uint32_t own0 = o->fetch_threads, n_threads = o->fetch_threads + threads +
-							     o->copy_threads + 1 /* save */;
-	const bool apart = b->pinned && n_threads <= b->n_pipe_cpus;
+	struct shadow__pipeline_config cfg;
+	cpu_set_t decoders, one;
+	bool apart = b->pinned;
 	double sum = 0.0, own = 0.0, v;
-	uint32_t k = 0;
 	int rc = 0;
 
+	/* The CPUs the row's pipeline will pin its decode threads to, if one each. */
+	pipeline_config(b, sr, threads, &cfg);
+	CPU_ZERO(&decoders);
+	CPU_ZERO(&one);
+	for (uint32_t k = 0; k < threads && apart; k++) {
+		apart = shadow__pipeline_thread_cpus(&cfg, cfg.fetch_threads + k, &one) &&
+			CPU_COUNT(&one) == 1 && !CPU_EQUAL(&one, &b->pipe_cpus);
+		CPU_OR(&decoders, &decoders, &one);
+	}
 	*cs = (struct core_speeds){ .first = NAN, .lo = INFINITY, .hi = 0.0, .own_first = -1,
 				    .own_last = -1 };
 	for (int c = 0; c < CPU_SETSIZE; c++) {
 		if (b->pinned && !CPU_ISSET(c, &b->pipe_cpus))
 			continue;
-		const bool decoder = apart && k >= own0 && k < own0 + threads;
-		k++;
+		const bool decoder = apart && CPU_ISSET(c, &decoders);
 		if (b->pinned && (rc = pin_self(c)) < 0) {
 			fprintf(stderr, "%s: cannot pin the main thread to CPU %d: %s\n",
 				b->o->prog, c, strerror(-rc));

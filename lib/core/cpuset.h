@@ -1,6 +1,6 @@
 /*
  * cpuset.h - CPU lists such as "0-3,8,10-11" into a cpu_set_t: the --cpus flags of shadowd,
- * linkem and the benchmarks. Header-only (static inline), so that a program linking only the
+ * linkem and the benchmarks; and the k-th CPU of a set. Header-only (static inline), so that a program linking only the
  * public library (linkem) can use it too. Input comes from command lines and the environment:
  * every character is checked.
  */
@@ -44,6 +44,16 @@ static inline int shadow__cpuset_parse(const char *text, cpu_set_t *set)
 			return -EINVAL;
 		p = end + 1;
 	}
+}
+
+/* The k-th CPU (from 0, in increasing order) of `set`, or -1 when it has k or fewer. */
+static inline int shadow__cpuset_nth(const cpu_set_t *set, unsigned k)
+{
+	for (int c = 0; c < CPU_SETSIZE; c++) {
+		if (CPU_ISSET(c, set) && k-- == 0)
+			return c;
+	}
+	return -1;
 }
 
 #endif /* SHADOW_CORE_CPUSET_H */

@@ -4,7 +4,7 @@
  * DESIGN
  *
  * Threads (all pinned inside cfg->cpus when given, each to a CPU of its own when the set has
- * enough; thread_pin(), docs/threads.md):
+ * enough; shadow__pipeline_thread_cpus(), docs/threads.md):
  *   fetch  x fetch_threads   pops FETCH and LOOKUP ops, owns a store handle; starts one GET
  *                            per chunk into a free receive buffer; as bytes land it parses
  *                            the container's metadata and hands each frame whose payload has
@@ -18,7 +18,7 @@
  *                            finished copies and recycles their slots. More than one where
  *                            issuing copies is the bottleneck: the CUDA driver spends about
  *                            1 us of the issuing thread per copy, which caps one thread at
- *                            8 GB/s of 8 KiB blocks (docs/results.md, "copy_lab").
+ *                            8 GB/s of 8 KiB blocks (docs/results.md, "Copy engine").
  *   save   x save_threads    pops SAVE ops; per chunk gathers the blocks from the region
  *                            (copy backend read), encodes, PUTs. Its own store handle and
  *                            buffers: saves never take a fetch's memory or threads.
@@ -56,6 +56,7 @@
 
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "core/cpuset.h"
 #include "core/log.h"
 #include "core/pool.h"
 #include "core/ring.h"
@@ -1052,28 +1053,53 @@ void shadow__pipeline_config_default(struct shadow__pipeline_config *cfg)
 	cfg->save_threads = 1;
 }
 
-/*
- * Where thread i of n (creation order: fetch, decode, copy, save) may run, into *set: the
- * i-th CPU of cpus when the set has a CPU for every thread, else the whole set. Apart, a busy
- * thread never shares a CPU with another: floating, a thread woken through a doorbell is
- * often placed on its waker's CPU for a while (the scheduler's wake-affine placement), and
- * on the GPU host two busy threads sharing a vCPU showed as rows at 0.69 of their bound
- * (bench/pipeline). With fewer CPUs than threads the scheduler balances better than a fixed
- * assignment could.
- */
-static void thread_cpus(const cpu_set_t *cpus, uint32_t i, uint32_t n, cpu_set_t *set)
+enum pl_role { PL_FETCH, PL_DECODE, PL_COPY, PL_SAVE };
+
+/* The role of thread i of a pipeline with these counts (creation order: fetch, decode, copy,
+ * save). */
+static enum pl_role thread_role(const struct shadow__pipeline_config *cfg, uint32_t i)
 {
-	if ((uint32_t)CPU_COUNT(cpus) < n) {
-		*set = *cpus;
-		return;
+	if (i < cfg->fetch_threads)
+		return PL_FETCH;
+	i -= cfg->fetch_threads;
+	if (i < cfg->decode_threads)
+		return PL_DECODE;
+	i -= cfg->decode_threads;
+	return i < cfg->copy_threads ? PL_COPY : PL_SAVE;
+}
+
+static uint32_t thread_count(const struct shadow__pipeline_config *cfg)
+{
+	return cfg->fetch_threads + cfg->decode_threads + cfg->copy_threads + cfg->save_threads;
+}
+
+/* Whether each thread gets a CPU of its own: the set has one for every thread. */
+static bool threads_apart(const struct shadow__pipeline_config *cfg)
+{
+	return cfg->cpus != NULL && (uint32_t)CPU_COUNT(cfg->cpus) >= thread_count(cfg);
+}
+
+/*
+ * Apart, a busy thread never shares a CPU with another: floating, a thread woken through a
+ * doorbell is often placed on its waker's CPU for a while (the scheduler's wake-affine
+ * placement), and on the GPU host two busy threads sharing a vCPU showed as rows at 0.69 of
+ * their bound (bench/pipeline). With fewer CPUs than threads the scheduler balances better
+ * than a fixed assignment could.
+ */
+bool shadow__pipeline_thread_cpus(const struct shadow__pipeline_config *cfg, uint32_t i,
+				  cpu_set_t *set_ret)
+{
+	if (cfg->cpus == NULL)
+		return false;
+	int cpu = threads_apart(cfg) ? shadow__cpuset_nth(cfg->cpus, i) : -1;
+
+	if (cpu < 0) {
+		*set_ret = *cfg->cpus;
+		return true;
 	}
-	CPU_ZERO(set);
-	for (int c = 0; c < CPU_SETSIZE; c++) {
-		if (CPU_ISSET(c, cpus) && i-- == 0) {
-			CPU_SET(c, set);
-			break;
-		}
-	}
+	CPU_ZERO(set_ret);
+	CPU_SET(cpu, set_ret);
+	return true;
 }
 
 static void thread_fini(struct pl_thread *t)
@@ -1156,7 +1182,7 @@ static int pool_carve(struct shadow__pipeline *pl)
 	uint8_t *p = pl->mem;
 	for (uint32_t i = 0; i < pl->n_threads; i++) {
 		struct pl_thread *t = &pl->threads[i];
-		if (t->index < pl->n_fetch + pl->n_decode + pl->n_copy)
+		if (thread_role(c, t->index) != PL_SAVE)
 			continue;
 		t->save_raw = p;
 		t->save_enc = p + c->rx_nbytes;
@@ -1180,7 +1206,10 @@ static uint32_t pow2_at_least(uint32_t n)
 	return p;
 }
 
-static void *(*const thread_main[])(void *) = { fetch_main, decode_main, copy_main, save_main };
+static void *(*const thread_main[])(void *) = {
+	[PL_FETCH] = fetch_main, [PL_DECODE] = decode_main, [PL_COPY] = copy_main,
+	[PL_SAVE] = save_main,
+};
 
 int shadow__pipeline_create(const struct shadow__pipeline_config *cfg,
 			    struct shadow__pipeline **pl_ret)
@@ -1192,8 +1221,7 @@ int shadow__pipeline_create(const struct shadow__pipeline_config *cfg,
 	    cfg->decode_threads < 1 || cfg->copy_threads < 1 || cfg->save_threads < 1 ||
 	    cfg->fetch_threads > PL_THREADS_MAX || cfg->decode_threads > PL_THREADS_MAX ||
 	    cfg->copy_threads > PL_THREADS_MAX || cfg->save_threads > PL_THREADS_MAX ||
-	    cfg->fetch_threads + cfg->decode_threads + cfg->copy_threads + cfg->save_threads >
-		    PL_THREADS_MAX ||
+	    thread_count(cfg) > PL_THREADS_MAX ||
 	    cfg->slot_nbytes < 4096 || cfg->rx_nbytes < 4096 || cfg->slot_nbytes % 4096 != 0 ||
 	    cfg->rx_nbytes % 4096 != 0) {
 		SHADOW_LOGE("pipeline: bad configuration (threads 1..%u, buffers multiples of 4 KiB)",
@@ -1227,7 +1255,7 @@ int shadow__pipeline_create(const struct shadow__pipeline_config *cfg,
 	pl->n_decode = cfg->decode_threads;
 	pl->n_copy = cfg->copy_threads;
 	pl->n_save = cfg->save_threads;
-	pl->n_threads = pl->n_fetch + pl->n_decode + pl->n_copy + pl->n_save;
+	pl->n_threads = thread_count(cfg);
 	atomic_init(&pl->fetchers_alive, pl->n_fetch);
 	atomic_init(&pl->decoders_alive, pl->n_decode);
 	pl->threads = calloc(pl->n_threads, sizeof(*pl->threads));
@@ -1279,9 +1307,8 @@ int shadow__pipeline_create(const struct shadow__pipeline_config *cfg,
 		shadow__ring_sp_enqueue_bulk(pl->free_chunks, &obj, 1);
 	}
 	for (uint32_t i = 0; i < pl->n_threads; i++) {
-		bool fetch = i < pl->n_fetch;
-		bool save = i >= pl->n_fetch + pl->n_decode + pl->n_copy;
-		rc = thread_prepare(pl, &pl->threads[i], fetch, save);
+		enum pl_role role = thread_role(cfg, i);
+		rc = thread_prepare(pl, &pl->threads[i], role == PL_FETCH, role == PL_SAVE);
 		if (rc < 0)
 			goto fail;
 	}
@@ -1289,21 +1316,17 @@ int shadow__pipeline_create(const struct shadow__pipeline_config *cfg,
 	pl->cfg.cpus = NULL; /* likewise */
 	for (uint32_t i = 0; i < pl->n_threads; i++) {
 		struct pl_thread *t = &pl->threads[i];
-		int kind = i < pl->n_fetch ? 0 : i < pl->n_fetch + pl->n_decode ? 1 :
-			   i < pl->n_fetch + pl->n_decode + pl->n_copy ? 2 : 3;
 		pthread_attr_t attr;
 		cpu_set_t set;
 
 		rc = -pthread_attr_init(&attr);
 		if (rc < 0)
 			goto fail;
-		if (cfg->cpus != NULL) {
-			/* Pinned from its first instruction: it never runs outside the set. */
-			thread_cpus(cfg->cpus, i, pl->n_threads, &set);
+		/* Pinned from its first instruction: it never runs outside the set. */
+		if (shadow__pipeline_thread_cpus(cfg, i, &set))
 			rc = -pthread_attr_setaffinity_np(&attr, sizeof(set), &set);
-		}
 		if (rc == 0)
-			rc = -pthread_create(&t->tid, &attr, thread_main[kind], t);
+			rc = -pthread_create(&t->tid, &attr, thread_main[thread_role(cfg, i)], t);
 		pthread_attr_destroy(&attr);
 		if (rc < 0) {
 			SHADOW_LOGE("pipeline: cannot start a thread%s: %s",
@@ -1317,9 +1340,8 @@ int shadow__pipeline_create(const struct shadow__pipeline_config *cfg,
 		    pl->n_rx, (unsigned long long)(cfg->rx_nbytes >> 20), pl->n_slots,
 		    (unsigned long long)(cfg->slot_nbytes >> 10), pl->n_fetch, pl->n_decode,
 		    pl->n_copy, pl->n_save, cfg->pinned ? ", pinned" : "",
-		    cfg->cpus == NULL ? "" :
-		    (uint32_t)CPU_COUNT(cfg->cpus) >= pl->n_threads ? ", one CPU each" :
-								      ", floating in the CPU set");
+		    cfg->cpus == NULL ? "" : threads_apart(cfg) ? ", one CPU each" :
+							      ", floating in the CPU set");
 	*pl_ret = pl;
 	return 0;
 fail:

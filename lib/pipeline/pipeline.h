@@ -63,6 +63,16 @@ struct shadow__pipeline_config {
 void shadow__pipeline_config_default(struct shadow__pipeline_config *cfg) SHADOW_INTERNAL;
 
 /*
+ * Where thread i of a pipeline made with cfg runs (threads in creation order: fetch_threads
+ * fetch, decode_threads decode, copy_threads copy, save_threads save threads): into *set_ret
+ * the i-th CPU of cfg->cpus when the set has a CPU for every thread, else the whole set.
+ * false (nothing written) when cfg->cpus is NULL: not pinned. Pure: for callers that want to
+ * know, such as bench/pipeline's bound, where a thread will run.
+ */
+bool shadow__pipeline_thread_cpus(const struct shadow__pipeline_config *cfg, uint32_t i,
+				  cpu_set_t *set_ret) SHADOW_INTERNAL;
+
+/*
  * Create the pipeline and start its threads. Returns 0; -EINVAL (a bad field, a pool too
  * small for one receive buffer and two frame slots), store open errors (the first thread's),
  * -ENOMEM, SHADOW_ENOGPU (pinned without the CUDA module).
