@@ -179,6 +179,22 @@ static void test_cpuset_parse(void **state)
 			fail_msg("'%s' parsed", bad[i]);
 }
 
+/* core/cpuset.h: the k-th CPU of a set, as the pipeline pins its threads. */
+static void test_cpuset_nth(void **state)
+{
+	(void)state;
+	cpu_set_t set;
+
+	assert_int_equal(shadow__cpuset_parse("2-3,8,10", &set), 0);
+	assert_int_equal(shadow__cpuset_nth(&set, 0), 2);
+	assert_int_equal(shadow__cpuset_nth(&set, 1), 3);
+	assert_int_equal(shadow__cpuset_nth(&set, 2), 8);
+	assert_int_equal(shadow__cpuset_nth(&set, 3), 10);
+	assert_int_equal(shadow__cpuset_nth(&set, 4), -1);
+	CPU_ZERO(&set);
+	assert_int_equal(shadow__cpuset_nth(&set, 0), -1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -188,6 +204,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_force_unknown_ignored, teardown),
 		cmocka_unit_test_teardown(test_string, teardown),
 		cmocka_unit_test(test_cpuset_parse),
+		cmocka_unit_test(test_cpuset_nth),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
