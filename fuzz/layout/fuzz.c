@@ -1,7 +1,9 @@
 /*
  * fuzz/layout - a client-supplied KV layout descriptor is untrusted: validate it, and where it
- * passes, plan every frame of a chunk and compute every staging offset. Nothing may read or
- * write out of bounds, overflow, or produce a run outside the region or the staging image.
+ * passes, plan every frame of a chunk, plan the whole chunk as runs and rectangles
+ * (shadow__copy_plan_chunk, as the pipeline does) and compute every staging offset. Nothing
+ * may read or write out of bounds, overflow, or produce a run or a rectangle's line outside
+ * the region or the staging image, and the chunk plan must move exactly the chunk's bytes.
  *
  * Input: the geometry (6 x u32) then the layout's scalar fields and per-layer bases, raw.
  */
@@ -11,9 +13,49 @@
 
 #include <shadow/shadow.h>
 
+#include "pipeline/copy.h"
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define FUZZ_MAX_RUNS 4096
+#define FUZZ_PITCH_PAD 192 /* frames staged apart by more than their size */
+
+/* The whole chunk's plan (up to 8 layers): every line inside the region and inside its
+ * frame's staging image, and as many bytes as the chunk has. */
+static void check_chunk_plan(const struct shadow_kv_layout *layout,
+			     const struct shadow_kv_geometry *g, const uint32_t *block_ids,
+			     uint32_t n_blocks, uint64_t image)
+{
+	static struct shadow_copy_run scratch_runs[FUZZ_MAX_RUNS], runs[8 * 2 * FUZZ_MAX_RUNS];
+	static struct shadow__copy_rect scratch_rects[FUZZ_MAX_RUNS], rects[8 * FUZZ_MAX_RUNS];
+	const uint64_t pitch = image + FUZZ_PITCH_PAD;
+	struct shadow__copy_plan plan = { .runs = runs, .max_runs = 2 * g->n_layers * FUZZ_MAX_RUNS,
+					  .rects = rects, .max_rects = g->n_layers * FUZZ_MAX_RUNS };
+	uint64_t covered = 0;
+
+	if (g->n_layers > 8 ||
+	    shadow__copy_plan_chunk(layout, g, block_ids, n_blocks, pitch, scratch_runs,
+				    scratch_rects, FUZZ_MAX_RUNS, &plan) != 0)
+		return;
+	for (size_t i = 0; i < plan.n_runs; i++) {
+		uint64_t f = runs[i].src_offset / pitch, in = runs[i].src_offset % pitch;
+		if (runs[i].dst_offset + runs[i].nbytes > layout->region_nbytes ||
+		    f >= 2 * g->n_layers || in + runs[i].nbytes > image)
+			abort();
+		covered += runs[i].nbytes;
+	}
+	for (size_t i = 0; i < plan.n_rects; i++) {
+		const struct shadow__copy_rect *q = &rects[i];
+		uint64_t f = q->src_offset / pitch, in = q->src_offset % pitch;
+		if (!shadow__copy_rect_fits(q, layout->region_nbytes) || q->height < 2 ||
+		    q->src_pitch != pitch || f + q->height > 2 * g->n_layers ||
+		    in + q->width > image)
+			abort();
+		covered += q->width * q->height;
+	}
+	if (covered != 2 * g->n_layers * image)
+		abort();
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -61,6 +103,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				abort();
 		}
 	}
+	check_chunk_plan(&layout, &g, block_ids, n_blocks, image);
 	for (uint32_t t = 0; t < g.chunk_tokens; t += 1 + t / 3) {
 		for (uint32_t h = 0; h < g.n_kv_heads; h++) {
 			int64_t off = shadow_layout_stage_offset(&layout, &g, t, h);

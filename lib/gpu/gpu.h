@@ -111,7 +111,21 @@ struct shadow__gpu_ops {
 	/* 0 once the recorded work has finished, -EAGAIN before, SHADOW_ECUDA if it failed. */
 	int (*event_query)(void *event);
 	int (*event_destroy)(void *event);
+
+	/*
+	 * Issue one 2D copy on `stream` without waiting (cudaMemcpy2DAsync, host to device):
+	 * `height` lines of `width` bytes, line j from src + j * spitch (host memory, pinned for
+	 * an asynchronous copy) to dst + j * dpitch (device memory). Both pitches must be >=
+	 * width and at most SHADOW_GPU_PITCH_MAX, width and height > 0 (-EINVAL). One copy
+	 * operation however many lines: the copy engine walks the lines itself.
+	 */
+	int (*memcpy_h2d_2d)(void *stream, void *dst, size_t dpitch, const void *src, size_t spitch,
+			     size_t width, size_t height);
 };
+
+/* The largest pitch memcpy_h2d_2d takes: CUDA refuses pitches from cudaDeviceProp::memPitch
+ * (2^31 - 1 on current GPUs) up. */
+#define SHADOW_GPU_PITCH_MAX ((size_t)INT32_MAX)
 
 /* Bytes of a CUDA IPC memory handle (cudaIpcMemHandle_t). */
 #define SHADOW_GPU_IPC_HANDLE_NBYTES 64u

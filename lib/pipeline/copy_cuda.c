@@ -1,8 +1,8 @@
 /*
  * copy_cuda.c - the cuda copy backend (copy.h): the region is GPU memory a client exported
- * with a CUDA IPC handle; a job is one batched host-to-device copy of its runs from a pinned
- * slot, issued on one of the context's streams and finished when an event recorded after it
- * has fired. Everything CUDA goes through the dlopen()ed module's ops (gpu/gpu.h): no CUDA
+ * with a CUDA IPC handle; a job is one batched host-to-device copy of its runs and one 2D copy
+ * per rectangle from pinned staging memory, issued on one of the context's streams and
+ * finished when an event recorded after it has fired. Everything CUDA goes through the dlopen()ed module's ops (gpu/gpu.h): no CUDA
  * header here, and never a kernel.
  *
  * DESIGN
@@ -20,11 +20,12 @@
  *	jobs[]:  | reaped ... | head: oldest in flight ... | tail: next free ... |
  *	            slot i  -> (user, event = lanes[device].events[i])
  *
- * submit() checks every run against the region (all or nothing), makes the region's device
- * current (cached: the context assumes nobody else changes its thread's device) and appends
- * the runs to the context's dst/src/size arrays; flush() issues everything queued since the
- * last flush with ONE memcpy_h2d_batch call (cudaMemcpyBatchAsync) and records one event after
- * it, which every job of that group waits on. The caller flushes after each burst of submits;
+ * submit() checks every run and rectangle against the region (all or nothing), makes the
+ * region's device current (cached: the context assumes nobody else changes its thread's
+ * device), issues the rectangles at once (one 2D copy each, on the stream the group's flush
+ * will use) and appends the runs to the context's dst/src/size arrays; flush() issues every
+ * run queued since the last flush with ONE memcpy_h2d_batch call (cudaMemcpyBatchAsync) and
+ * records one event after it, which every job of that group waits on. The caller flushes after each burst of submits;
  * submit flushes by itself when the arrays would overflow or the device changes. The arrays
  * are read during the call only, so one set per context serves every group; a job with more
  * than CUDA_COPY_BATCH_MAX runs is issued alone as several batch calls on one stream before
@@ -322,6 +323,46 @@ static int cuda_issue_runs(struct shadow__copy_ctx *ctx, void *stream, bool h2d,
 }
 
 /*
+ * Issue `rects` host -> region on `stream`: one 2D copy each (one copy operation for all its
+ * lines), or, for a pitch the 2D call does not take (SHADOW_GPU_PITCH_MAX: layers more than
+ * 2 GiB apart), its lines as batch calls of their own.
+ */
+static int cuda_issue_rects(struct shadow__copy_ctx *ctx, void *stream, uint8_t *dev_base,
+			    const uint8_t *host, const struct shadow__copy_rect *rects,
+			    uint32_t n_rects)
+{
+	void *dsts[32];
+	const void *srcs[32];
+	size_t sizes[32];
+	int err;
+
+	for (uint32_t i = 0; i < n_rects; i++) {
+		const struct shadow__copy_rect *q = &rects[i];
+		if (q->dst_pitch <= SHADOW_GPU_PITCH_MAX && q->src_pitch <= SHADOW_GPU_PITCH_MAX) {
+			err = ctx->gpu->memcpy_h2d_2d(stream, dev_base + q->dst_offset,
+						      (size_t)q->dst_pitch, host + q->src_offset,
+						      (size_t)q->src_pitch, (size_t)q->width,
+						      (size_t)q->height);
+			if (err != 0)
+				return err;
+			continue;
+		}
+		for (uint64_t j = 0; j < q->height;) {
+			size_t n = 0;
+			for (; n < SHADOW_ARRAY_SIZE(dsts) && j < q->height; n++, j++) {
+				dsts[n] = dev_base + q->dst_offset + j * q->dst_pitch;
+				srcs[n] = host + q->src_offset + j * q->src_pitch;
+				sizes[n] = (size_t)q->width;
+			}
+			err = ctx->gpu->memcpy_h2d_batch(stream, dsts, srcs, sizes, n);
+			if (err != 0)
+				return err;
+		}
+	}
+	return 0;
+}
+
+/*
  * Issue the queued jobs as one batch call on the lane's next stream and record one event after
  * it, on the last job's slot; every job of the group waits on that event. If issuing fails the
  * stream is drained (no copy may still read a slot the caller then recycles) and every job of
@@ -372,13 +413,23 @@ static int cuda_submit(struct shadow__copy_ctx *ctx, const struct shadow__copy_j
 
 	if (ctx->tail - ctx->head >= SHADOW__COPY_INFLIGHT_MAX)
 		return -EAGAIN;
-	if (r == NULL || (job->n_runs > 0 && (job->runs == NULL || job->src == NULL)))
+	if (r == NULL || (job->n_runs > 0 && (job->runs == NULL || job->src == NULL)) ||
+	    (job->n_rects > 0 && (job->rects == NULL || job->src == NULL)))
 		return -EINVAL;
 	if (!cuda_runs_fit(job->runs, job->n_runs, r->nbytes)) {
 		SHADOW_LOG_RATELIMITED(SHADOW_LOG_ERROR,
 				       "cuda copy: a run ends beyond the %llu-byte region",
 				       (unsigned long long)r->nbytes);
 		return -EINVAL;
+	}
+	for (uint32_t i = 0; i < job->n_rects; i++) {
+		if (!shadow__copy_rect_fits(&job->rects[i], r->nbytes)) {
+			SHADOW_LOG_RATELIMITED(SHADOW_LOG_ERROR,
+					       "cuda copy: a malformed rectangle, or one that ends "
+					       "beyond the %llu-byte region",
+					       (unsigned long long)r->nbytes);
+			return -EINVAL;
+		}
 	}
 	/* A group goes to one device and stays within one call. */
 	if (ctx->pending_lane != NULL &&
@@ -395,8 +446,16 @@ static int cuda_submit(struct shadow__copy_ctx *ctx, const struct shadow__copy_j
 	}
 	/* The cast drops const: the same arrays serve the d2h direction; h2d only reads src. */
 	uint8_t *src = (uint8_t *)(uintptr_t)job->src;
+	/* Rectangles go out now, on the stream the group's flush will use (so its event comes
+	 * after them); the runs wait for the flush's batch call. */
+	void *stream = lane->streams[lane->next_stream];
+	err = cuda_issue_rects(ctx, stream, r->base, src, job->rects, job->n_rects);
+	if (err != 0) {
+		/* Copies may have been issued: let them end before the slot is reused. */
+		(void)ctx->gpu->stream_sync(stream);
+		return err;
+	}
 	if (job->n_runs > CUDA_COPY_BATCH_MAX) {
-		void *stream = lane->streams[lane->next_stream];
 		lane->next_stream = (lane->next_stream + 1) % CUDA_COPY_STREAMS;
 		err = cuda_issue_runs(ctx, stream, true, r->base, src, job->runs, job->n_runs);
 		if (err == 0)

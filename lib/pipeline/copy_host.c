@@ -1,7 +1,7 @@
 /*
  * copy_host.c - the host copy backend (copy.h): the region is host memory a client shares as
- * an fd (a memfd), mapped into this process; a job is a memcpy of each run. Also the slot
- * pool's memory (shadow__copy_pool_alloc), shared by both backends.
+ * an fd (a memfd), mapped into this process; a job is a memcpy of each run and of each line
+ * of its rectangles. Also the pipeline pool's memory (shadow__copy_pool_alloc), shared by both backends.
  *
  * DESIGN
  *
@@ -12,9 +12,9 @@
  *
  * Contexts. A host copy finishes inside submit(), so a context is only a FIFO of finished
  * jobs (user pointer, status) waiting for reap(): a fixed ring of SHADOW__COPY_INFLIGHT_MAX
- * entries, allocated with the context. submit() checks every run against the region before
- * copying any (all or nothing), copies, and queues the completion; -EAGAIN when the FIFO is
- * full. No allocation, no syscall, no lock per job: a context belongs to one thread.
+ * entries, allocated with the context. submit() checks every run and rectangle against the
+ * region before copying any (all or nothing), copies, and queues the completion; -EAGAIN when
+ * the FIFO is full. No allocation, no syscall, no lock per job: a context belongs to one thread.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -154,7 +154,8 @@ static int host_submit(struct shadow__copy_ctx *ctx, const struct shadow__copy_j
 
 	if (ctx->tail - ctx->head >= SHADOW__COPY_INFLIGHT_MAX)
 		return -EAGAIN;
-	if (r == NULL || (job->n_runs > 0 && (job->runs == NULL || src == NULL)))
+	if (r == NULL || (job->n_runs > 0 && (job->runs == NULL || src == NULL)) ||
+	    (job->n_rects > 0 && (job->rects == NULL || src == NULL)))
 		return -EINVAL;
 	if (!host_runs_fit(job->runs, job->n_runs, r->nbytes)) {
 		SHADOW_LOG_RATELIMITED(SHADOW_LOG_ERROR,
@@ -162,9 +163,24 @@ static int host_submit(struct shadow__copy_ctx *ctx, const struct shadow__copy_j
 				       (unsigned long long)r->nbytes);
 		return -EINVAL;
 	}
+	for (uint32_t i = 0; i < job->n_rects; i++) {
+		if (!shadow__copy_rect_fits(&job->rects[i], r->nbytes)) {
+			SHADOW_LOG_RATELIMITED(SHADOW_LOG_ERROR,
+					       "host copy: a malformed rectangle, or one that ends "
+					       "beyond the %llu-byte region",
+					       (unsigned long long)r->nbytes);
+			return -EINVAL;
+		}
+	}
 	for (uint32_t i = 0; i < job->n_runs; i++)
 		memcpy(r->base + job->runs[i].dst_offset, src + job->runs[i].src_offset,
 		       (size_t)job->runs[i].nbytes);
+	for (uint32_t i = 0; i < job->n_rects; i++) {
+		const struct shadow__copy_rect *q = &job->rects[i];
+		for (uint64_t j = 0; j < q->height; j++)
+			memcpy(r->base + q->dst_offset + j * q->dst_pitch,
+			       src + q->src_offset + j * q->src_pitch, (size_t)q->width);
+	}
 
 	struct host_done *d = &ctx->done[ctx->tail & (SHADOW__COPY_INFLIGHT_MAX - 1)];
 	d->user = job->user;
@@ -231,7 +247,7 @@ const struct shadow__copy_ops shadow__copy_host_ops = {
 };
 
 /*
- * The slot pool. Unpinned memory comes from shadow__region_alloc (2 MiB-aligned and advised
+ * The pipeline's pool. Unpinned memory comes from shadow__region_alloc (2 MiB-aligned and advised
  * for huge pages from 2 MiB up, pre-faulted so that the data path never takes a first-touch
  * fault); pinned memory from the CUDA module's host_alloc. The free side rebuilds the region
  * from (mem, nbytes) with the same rounding as region_alloc.
@@ -247,14 +263,14 @@ int shadow__copy_pool_alloc(size_t nbytes, bool pinned, void **mem_ret)
 	if (pinned) {
 		err = shadow__gpu_ops(&gpu);
 		if (err != 0) {
-			SHADOW_LOGE("pinned slot pool: %s", shadow_strerror(err));
+			SHADOW_LOGE("pinned pool: %s", shadow_strerror(err));
 			return err;
 		}
 		return gpu->host_alloc(mem_ret, nbytes); /* the module logs its failures */
 	}
 	err = shadow__region_alloc(&region, nbytes, SHADOW_REGION_POPULATE);
 	if (err != 0) {
-		SHADOW_LOGE("slot pool of %zu bytes: %s", nbytes, shadow_strerror(err));
+		SHADOW_LOGE("pool of %zu bytes: %s", nbytes, shadow_strerror(err));
 		return err;
 	}
 	*mem_ret = region.addr;

@@ -207,6 +207,43 @@ static void copy_frames(const struct shadow__copy_ops *ops, struct shadow__copy_
 	assert_int_equal(ops->in_flight(ctx), 0);
 }
 
+/*
+ * The whole chunk as one job, as the pipeline copies it: the frames (`stage`, frame after
+ * frame) planned with shadow__copy_plan_chunk into runs and rectangles. Returns how many
+ * rectangles the plan made.
+ */
+static size_t copy_chunk(const struct shadow__copy_ops *ops, struct shadow__copy_ctx *ctx,
+			 struct shadow__copy_region *r, const struct scenario *sc,
+			 const uint8_t *stage)
+{
+	struct shadow_copy_run *runs = calloc(sc->n_frames * sc->max_runs, sizeof(*runs));
+	struct shadow__copy_rect *rects = calloc(sc->geom.n_layers * sc->max_runs, sizeof(*rects));
+	struct shadow_copy_run *scratch_runs = calloc(sc->max_runs, sizeof(*scratch_runs));
+	struct shadow__copy_rect *scratch_rects = calloc(sc->max_runs, sizeof(*scratch_rects));
+	assert_non_null(runs);
+	assert_non_null(rects);
+	assert_non_null(scratch_runs);
+	assert_non_null(scratch_rects);
+	struct shadow__copy_plan plan = { .runs = runs, .max_runs = sc->n_frames * sc->max_runs,
+					  .rects = rects,
+					  .max_rects = sc->geom.n_layers * sc->max_runs };
+	assert_int_equal(shadow__copy_plan_chunk(&sc->layout, &sc->geom, chunk_blocks,
+						 SHADOW_ARRAY_SIZE(chunk_blocks), sc->frame_nbytes,
+						 scratch_runs, scratch_rects, sc->max_runs, &plan),
+			 0);
+	struct shadow__copy_job job = { .region = r, .src = stage, .runs = runs,
+					.n_runs = (uint32_t)plan.n_runs, .rects = rects,
+					.n_rects = (uint32_t)plan.n_rects,
+					.user = (void *)(uintptr_t)500 };
+	assert_int_equal(ops->submit(ctx, &job), 0);
+	reap_all(ops, ctx, 1, 500);
+	free(runs);
+	free(rects);
+	free(scratch_runs);
+	free(scratch_rects);
+	return plan.n_rects;
+}
+
 /* read() every frame back from the region into `dst` (frame_nbytes) and compare. */
 static void read_frames(const struct shadow__copy_ops *ops, struct shadow__copy_ctx *ctx,
 			struct shadow__copy_region *r, const struct scenario *sc, uint8_t *dst)
@@ -296,6 +333,14 @@ static void check_host_layout(enum shadow_layout_kind kind)
 	assert_int_equal(pread(fd, got, file_nbytes, 0), (ssize_t)file_nbytes);
 	assert_memory_equal(got, want, file_nbytes);
 
+	/* The same bytes from the whole chunk as one job of runs and rectangles (every standard
+	 * layout spaces its frames evenly: one rectangle per block). */
+	memset(got, FILL, file_nbytes);
+	assert_int_equal(pwrite(fd, got, file_nbytes, 0), (ssize_t)file_nbytes);
+	assert_int_equal(copy_chunk(ops, ctx, r, &sc, sc.stage), SHADOW_ARRAY_SIZE(chunk_blocks));
+	assert_int_equal(pread(fd, got, file_nbytes, 0), (ssize_t)file_nbytes);
+	assert_memory_equal(got, want, file_nbytes);
+
 	uint8_t *dst = malloc(sc.frame_nbytes);
 	assert_non_null(dst);
 	read_frames(ops, ctx, r, &sc, dst);
@@ -365,6 +410,83 @@ static void test_host_bad_runs(void **state)
 	assert_int_equal(pread(fd, got, file_nbytes, 0), (ssize_t)file_nbytes);
 	for (uint64_t i = 0; i < file_nbytes; i++)
 		assert_int_equal(got[i], i >= R - 16 && i < R ? 0x11 : FILL);
+
+	free(got);
+	ops->ctx_destroy(ctx);
+	ops->region_close(r);
+	close(fd);
+}
+
+/* Rectangles: lines at their pitches and nothing between them; a bad one refuses the job. */
+static void test_host_rects(void **state)
+{
+	(void)state;
+	const struct shadow__copy_ops *ops = &shadow__copy_host_ops;
+	const uint64_t R = 10000;
+	uint64_t file_nbytes;
+	int fd = memfd_region(0, R, &file_nbytes);
+	struct shadow__region_mem mem = host_mem(fd, 0, R);
+	struct shadow__copy_region *r;
+	struct shadow__copy_ctx *ctx;
+	uint8_t src[256];
+
+	for (size_t i = 0; i < sizeof(src); i++)
+		src[i] = (uint8_t)(i + 1);
+	assert_int_equal(ops->region_open(&mem, &r), 0);
+	assert_int_equal(ops->ctx_create(&ctx), 0);
+
+	/* A good rectangle and run, then one rectangle each way wrong: nothing is written. */
+	struct shadow_copy_run run = { 200, 50, 10 };
+	struct shadow__copy_rect bad[] = {
+		{ .src_offset = 0, .dst_offset = R - 30, .width = 8, .src_pitch = 16,
+		  .dst_pitch = 16, .height = 3 },  /* its last line ends 2 bytes past R */
+		{ .src_offset = 0, .dst_offset = 0, .width = 8, .src_pitch = 16, .dst_pitch = 4,
+		  .height = 3 },                   /* lines overlap */
+		{ .src_offset = 0, .dst_offset = 0, .width = 8, .src_pitch = 16, .dst_pitch = 16,
+		  .height = 0 },
+		{ .src_offset = 0, .dst_offset = 0, .width = 8, .src_pitch = 16,
+		  .dst_pitch = UINT64_MAX / 2, .height = 3 }, /* wraps */
+	};
+	struct shadow__copy_rect rects[2] = {
+		{ .src_offset = 0, .dst_offset = 1000, .width = 8, .src_pitch = 16,
+		  .dst_pitch = 100, .height = 4 },
+		{ 0 },
+	};
+	struct shadow__copy_job job = { .region = r, .src = src, .runs = &run, .n_runs = 1,
+					.rects = rects, .n_rects = 2 };
+	for (size_t i = 0; i < SHADOW_ARRAY_SIZE(bad); i++) {
+		rects[1] = bad[i];
+		assert_int_equal(ops->submit(ctx, &job), -EINVAL);
+	}
+	job.rects = NULL;
+	assert_int_equal(ops->submit(ctx, &job), -EINVAL); /* n_rects without rects */
+	assert_int_equal(ops->in_flight(ctx), 0);
+	uint8_t *got = malloc(file_nbytes);
+	assert_non_null(got);
+	assert_int_equal(pread(fd, got, file_nbytes, 0), (ssize_t)file_nbytes);
+	for (uint64_t i = 0; i < file_nbytes; i++)
+		assert_int_equal(got[i], FILL);
+
+	/* The good rectangle, and one whose last line ends exactly at R. */
+	rects[1] = (struct shadow__copy_rect){ .src_offset = 64, .dst_offset = R - 40, .width = 8,
+					       .src_pitch = 8, .dst_pitch = 16, .height = 3 };
+	job.rects = rects;
+	job.user = &job;
+	assert_int_equal(ops->submit(ctx, &job), 0);
+	reap_all(ops, ctx, 1, (uintptr_t)&job);
+	assert_int_equal(pread(fd, got, file_nbytes, 0), (ssize_t)file_nbytes);
+	for (uint64_t i = 0; i < file_nbytes; i++) {
+		int want = FILL;
+		if (i >= 50 && i < 60)
+			want = src[200 + i - 50];
+		for (uint64_t j = 0; j < 4; j++)
+			if (i >= 1000 + j * 100 && i < 1000 + j * 100 + 8)
+				want = src[j * 16 + i - (1000 + j * 100)];
+		for (uint64_t j = 0; j < 3; j++)
+			if (i >= R - 40 + j * 16 && i < R - 40 + j * 16 + 8)
+				want = src[64 + j * 8 + i - (R - 40 + j * 16)];
+		assert_int_equal(got[i], want);
+	}
 
 	free(got);
 	ops->ctx_destroy(ctx);
@@ -520,8 +642,9 @@ static int hex_decode(const char *s, uint8_t *b, size_t n)
 /*
  * The child's whole work, in a process that did not export the handle: open the region,
  * scatter a job of more runs than one batch call takes and read it back, restore FILL, check
- * -EAGAIN and bad runs, then copy every frame of the scenario from pinned slots and read them
- * back. The parent checks the region's final bytes.
+ * -EAGAIN and bad runs, a rectangle (2D copy) good and bad, then copy the scenario's chunk
+ * from pinned memory as one job of rectangles and as a job per frame, reading each back. The
+ * parent checks the region's final bytes.
  */
 static void test_cuda_child(void **state)
 {
@@ -603,7 +726,44 @@ static void test_cuda_child(void **state)
 	for (uint64_t i = 0; i < R; i++)
 		assert_int_equal(b[i], FILL);
 
-	/* 3. Every frame, from the pinned stage images; then gather them back. */
+	/* 3. Rectangles: a malformed one and one past the end refuse the job; a good one
+	 * lands line by line (read back as runs). */
+	struct shadow__copy_rect rect = { .src_offset = 0, .dst_offset = 8, .width = 24,
+					  .src_pitch = 40, .dst_pitch = 56, .height = 5 };
+	struct shadow__copy_job rjob = { .region = r, .src = a, .rects = &rect, .n_rects = 1,
+					 .user = (void *)(uintptr_t)88 };
+	rect.dst_pitch = 23;
+	assert_int_equal(ops->submit(ctx, &rjob), -EINVAL);
+	rect.dst_pitch = 56;
+	rect.dst_offset = R - 4 * 56 - 23;
+	assert_int_equal(ops->submit(ctx, &rjob), -EINVAL);
+	rect.dst_offset = 8;
+	for (uint64_t i = 0; i < R; i++)
+		a[i] = (uint8_t)(i * 40503u >> 7);
+	assert_int_equal(ops->submit(ctx, &rjob), 0);
+	reap_all(ops, ctx, 1, 88);
+	assert_int_equal(ops->read(ctx, r, &whole, 1, b), 0);
+	for (uint64_t i = 0; i < 8 + 5 * 56; i++) {
+		uint64_t j = (i - 8) / 56, k = (i - 8) % 56;
+		uint8_t want = i >= 8 && k < 24 ? a[j * 40 + k] : FILL;
+		assert_int_equal(b[i], want);
+	}
+	memset(a, FILL, R);
+	job.src = a;
+	job.runs = &whole;
+	job.n_runs = 1;
+	job.user = (void *)(uintptr_t)89;
+	assert_int_equal(ops->submit(ctx, &job), 0);
+	reap_all(ops, ctx, 1, 89);
+
+	/* 4. The whole chunk as one job of runs and rectangles, as the pipeline copies it; then
+	 * back to FILL and every frame as a job of its own, as before; each gathered back. */
+	assert_int_equal(copy_chunk(ops, ctx, r, &sc, pinned_stage),
+			 SHADOW_ARRAY_SIZE(chunk_blocks));
+	read_frames(ops, ctx, r, &sc, b);
+	job.user = (void *)(uintptr_t)90;
+	assert_int_equal(ops->submit(ctx, &job), 0);
+	reap_all(ops, ctx, 1, 90);
 	copy_frames(ops, ctx, r, &sc, pinned_stage);
 	read_frames(ops, ctx, r, &sc, b);
 
@@ -739,6 +899,7 @@ int main(int argc, char **argv)
 	const struct CMUnitTest host[] = {
 		cmocka_unit_test(test_host_layouts),
 		cmocka_unit_test(test_host_bad_runs),
+		cmocka_unit_test(test_host_rects),
 		cmocka_unit_test(test_host_full_context),
 		cmocka_unit_test(test_host_bad_regions),
 		cmocka_unit_test(test_pool),

@@ -18,6 +18,10 @@
  * Built against an older toolkit, or where the driver refuses the call (cudaErrorNotSupported,
  * cudaErrorCallRequiresNewerDriver), the module falls back to one cudaMemcpyAsync per entry
  * and remembers that for the process (batch_state), logging it once.
+ *
+ * 2D copies. memcpy_h2d_2d is one cudaMemcpy2DAsync: the same run of many frames of a chunk
+ * staged at a fixed pitch, to blocks at a fixed distance (lib/pipeline/copy_plan.c), as one
+ * copy operation; the driver's cost is per operation, not per line.
  */
 #include <errno.h>
 #include <stdatomic.h>
@@ -341,6 +345,18 @@ static int cuda_memcpy_d2h_batch(void *stream, void *const *dsts, const void *co
 	return cuda_memcpy_batch(stream, dsts, srcs, sizes, count, cudaMemcpyDeviceToHost);
 }
 
+static int cuda_memcpy_h2d_2d(void *stream, void *dst, size_t dpitch, const void *src,
+			      size_t spitch, size_t width, size_t height)
+{
+	if (stream == NULL || dst == NULL || src == NULL || width == 0 || height == 0 ||
+	    dpitch < width || spitch < width || dpitch > SHADOW_GPU_PITCH_MAX ||
+	    spitch > SHADOW_GPU_PITCH_MAX)
+		return -EINVAL;
+	CUDA_CHECK(cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, height,
+				     cudaMemcpyHostToDevice, (cudaStream_t)stream));
+	return 0;
+}
+
 static int cuda_event_create(void **event_ret)
 {
 	cudaEvent_t event;
@@ -403,6 +419,7 @@ static const struct shadow__gpu_ops cuda_ops = {
 	.event_record = cuda_event_record,
 	.event_query = cuda_event_query,
 	.event_destroy = cuda_event_destroy,
+	.memcpy_h2d_2d = cuda_memcpy_h2d_2d,
 };
 
 __attribute__((visibility("default"))) const struct shadow__gpu_ops *
