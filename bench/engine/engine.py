@@ -178,7 +178,7 @@ def start_linkem(args, gbps):
 def start_shadowd(args, store_url, sock, save_scheme=None):
     argv = [args.shadowd, "--store", store_url, "--listen", "unix:" + sock,
             "--pool", str(args.shadowd_pool_mib), "--rx-size", args.shadowd_rx,
-            "--slot-size", args.shadowd_slot, "--fetch-threads", str(args.fetch_threads),
+            "--stage-size", args.shadowd_stage, "--fetch-threads", str(args.fetch_threads),
             "--decode-threads", str(args.decode_threads),
             "--copy-threads", str(args.copy_threads)]
     if args.cpus_shadowd:
@@ -933,7 +933,8 @@ def parse_args(argv=None):
     p.add_argument("--shadowd", default="shadowd")
     p.add_argument("--shadowd-pool-mib", type=int, default=2048)
     p.add_argument("--shadowd-rx", default="40MiB")
-    p.add_argument("--shadowd-slot", default="1MiB")
+    # A Llama-3-8B chunk of 256 tokens decodes to 32 MiB; its copy plan takes a few KiB more.
+    p.add_argument("--shadowd-stage", default="33MiB")
     p.add_argument("--fetch-threads", type=int, default=2)
     p.add_argument("--store-connections", type=int, default=1,
                    help="Redis connections per shadowd fetch thread (linkem needs >= 4 in "

@@ -145,7 +145,7 @@
 #define DEFAULT_POOL (UINT64_C(256) << 20)
 #define RSS_ALLOWANCE (UINT64_C(64) << 20) /* the issue's target: within --pool plus this */
 #define RX_ALIGN (UINT64_C(64) << 10)
-#define COPY_IMAGES 512u           /* staging images the copy term cycles through */
+#define COPY_BURST 4u              /* chunks per flush in the copy term */
 #define COPY_THREADS_MAX 8u        /* --copy-threads */
 #define H2D_COPY_NBYTES (UINT64_C(32) << 20)
 #define H2D_COPIES 8u
@@ -220,7 +220,9 @@ struct dataset {
 	uint32_t n_chunks;        /* N = G x S */
 	uint32_t n_frames;        /* per chunk */
 	uint64_t frame_nbytes, chunk_nbytes;
-	uint64_t rx_nbytes, slot_nbytes;
+	uint64_t rx_nbytes;
+	uint64_t stage_nbytes;    /* the pipeline's staging area for either region */
+	uint64_t frame_pitch;     /* of frames in a staging area */
 	uint32_t max_runs;        /* of one frame, either layout */
 	struct region src, dst;
 	uint32_t *src_ids, *dst_ids; /* chunk i: [i * bpc, (i + 1) * bpc) */
@@ -277,15 +279,19 @@ struct bench {
 	char redis_url[1024];
 	bool have_redis;
 	/* measured */
-	uint32_t n_rx, n_slots;
+	uint32_t n_bufs;              /* the pipeline's chunk buffers */
 	double copy_gbps, h2d_gbps;
 	double decode1[SCHEMES_MAX];   /* NaN until measured */
 	struct row *rows;
 	uint32_t n_rows;
 	uint64_t rss_growth_max, rss_growth_pool;
-	/* scratch: runs of every frame of every chunk into the destination */
+	/* runs of every frame of every chunk into the destination (the check), and every
+	 * chunk's copy as the pipeline plans it (the copy term) */
 	struct shadow_copy_run *dst_runs;
 	uint32_t *dst_n_runs;
+	struct shadow__copy_plan *chunk_plans;
+	struct shadow_copy_run *chunk_runs;
+	struct shadow__copy_rect *chunk_rects;
 };
 
 static uint64_t round_up(uint64_t x, uint64_t a)
@@ -858,7 +864,7 @@ static int load_dumps(struct bench *b)
 }
 
 /* The most copy runs a frame of `layout` can need: every block on its own (as the pipeline
- * sizes its slots, lib/pipeline/pipeline.c). */
+ * sizes its plans, lib/pipeline/pipeline.c). */
 static uint32_t layout_max_runs(const struct dataset *ds, const struct shadow_kv_layout *layout)
 {
 	uint32_t zeros[SHADOW_MAX_CHUNK_TOKENS / BLOCK_TOKENS] = { 0 }; /* bpc at most */
@@ -1055,8 +1061,8 @@ static int dataset_build(struct bench *b)
 		}
 	}
 
-	/* Buffers: a receive buffer holds the largest container of any scheme, a slot a frame
-	 * and its runs (as pipeline.c checks them). */
+	/* Buffers: a receive buffer holds the largest container of any scheme, a staging area
+	 * a chunk's frames and copy plan (as pipeline.c sizes it). */
 	struct shadow_codec *codec = NULL;
 	uint64_t bound = 0;
 	rc = shadow_codec_create(&ds->geom, &codec);
@@ -1085,9 +1091,16 @@ static int dataset_build(struct bench *b)
 	ds->rx_nbytes = round_up(SHADOW_MAX(bound, ds->chunk_nbytes), RX_ALIGN);
 	ds->max_runs = SHADOW_MAX(layout_max_runs(ds, &ds->src.spec.layout),
 				  layout_max_runs(ds, &ds->dst.spec.layout));
-	ds->slot_nbytes = round_up(round_up(ds->frame_nbytes, 64) +
-					   (uint64_t)ds->max_runs * sizeof(struct shadow_copy_run),
-				   4096);
+	uint64_t stage_src = 0, pitch_src = 0;
+	rc = shadow__pipeline_stage_size(&ds->geom, &ds->src.spec.layout, &stage_src, &pitch_src);
+	if (rc == 0)
+		rc = shadow__pipeline_stage_size(&ds->geom, &ds->dst.spec.layout, &ds->stage_nbytes,
+						 &ds->frame_pitch);
+	if (rc < 0) {
+		fprintf(stderr, "%s: staging area: %s\n", o->prog, shadow_strerror(rc));
+		return 1;
+	}
+	ds->stage_nbytes = SHADOW_MAX(ds->stage_nbytes, stage_src);
 	return 0;
 }
 
@@ -1424,7 +1437,7 @@ static void pipeline_config(const struct bench *b, const struct scheme_run *sr, 
 	cfg->store_url = sr->url;
 	cfg->store_opts = b->store_opts;
 	cfg->pool_nbytes = b->o->pool_nbytes;
-	cfg->slot_nbytes = ds->slot_nbytes;
+	cfg->stage_nbytes = ds->stage_nbytes;
 	cfg->rx_nbytes = ds->rx_nbytes;
 	cfg->fetch_threads = b->o->fetch_threads;
 	cfg->copy_threads = b->o->copy_threads;
@@ -1464,7 +1477,7 @@ static int scheme_save(struct bench *b, struct scheme_run *sr)
 	cfg.save_threads = SHADOW_MIN(SHADOW_MIN((uint32_t)CPU_COUNT(&b->allowed_cpus),
 						 ds->n_seqs), 32u);
 	cfg.pool_nbytes = round_up((2ull * cfg.save_threads + 1) * ds->rx_nbytes +
-					   4 * ds->slot_nbytes, MIB);
+					   ds->stage_nbytes, MIB);
 	sr->save_threads = cfg.save_threads;
 	rc = shadow__pipeline_create(&cfg, &pl);
 	if (rc < 0) {
@@ -1635,7 +1648,7 @@ static void *store_getter_main(void *arg)
 static int measure_store(struct bench *b, struct scheme_run *sr)
 {
 	const struct dataset *ds = &b->ds;
-	const uint32_t n_slots = SHADOW_MAX(b->n_rx, 1u);
+	const uint32_t n_slots = SHADOW_MAX(b->n_bufs, 1u);
 	const uint32_t n = SHADOW_MIN(b->o->fetch_threads, n_slots);
 	struct get_slot *slots = calloc(n_slots, sizeof(*slots));
 	struct store_getter *sg = calloc(n, sizeof(*sg));
@@ -1730,7 +1743,7 @@ static void scheme_delete_keys(struct bench *b, struct scheme_run *sr)
  * the scheme's containers with shadow_chunk_decode_frame() only, timed as bench/codec times
  * it (the sum of the calls), going round the chunks from chunk `first`, into dst: each frame
  * `stride` bytes after the last (0: one staging image, hot in cache), back to the start when
- * the next would pass dst_nbytes, as slots cycled FIFO through a pool would. Whole chunks
+ * the next would pass dst_nbytes, as staging areas cycled FIFO through a pool would. Whole chunks
  * until every chunk was decoded once and min_time has passed (or, started at a gate, another
  * decoder's min_time did).
  */
@@ -1868,16 +1881,16 @@ static void *decoder_main(void *arg)
 /*
  * T cores alone: `threads` decoders at once, decoder k on cpus[k] (-1: not pinned), each from
  * its own place in the data set (so that no two read the same containers at the same time),
- * all started together; into its own staging image (hot) or through its own pool / T bytes of
- * slot-sized positions in memory of the pool's kind (cycled). Aggregate decoded GB/s: every
+ * all started together; into its own staging image (hot) or frame after frame at the staging
+ * pitch through its own pool / T bytes of memory of the pool's kind (cycled). Aggregate decoded GB/s: every
  * decoder's bytes / the longest decoder's time. 0 or -1 (printed).
  */
 static int decode_alone(struct bench *b, const struct scheme_run *sr, const int *cpus,
 			uint32_t threads, bool cycled, double *gbps_ret)
 {
 	const struct dataset *ds = &b->ds;
-	const uint64_t per = cycled ? SHADOW_MAX(b->o->pool_nbytes / threads / ds->slot_nbytes,
-						 UINT64_C(1)) * ds->slot_nbytes
+	const uint64_t per = cycled ? SHADOW_MAX(b->o->pool_nbytes / threads / ds->frame_pitch,
+						 UINT64_C(1)) * ds->frame_pitch
 				    : round_up(ds->frame_nbytes, 4096);
 	struct start_gate gate = {
 		.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .n = threads,
@@ -1907,7 +1920,7 @@ static int decode_alone(struct bench *b, const struct scheme_run *sr, const int 
 			.sr = sr,
 			.dst = mem + k * per,
 			.dst_nbytes = per,
-			.stride = cycled ? ds->slot_nbytes : 0,
+			.stride = cycled ? ds->frame_pitch : 0,
 			.first = (uint32_t)((uint64_t)k * ds->n_chunks / threads),
 			.cpu = cpus[k],
 			.gate = &gate,
@@ -1961,25 +1974,58 @@ static void copy_reap_all(const struct shadow__copy_ops *ops, struct shadow__cop
 		(void)nanosleep(&(struct timespec){ .tv_nsec = 20000 }, NULL);
 }
 
-/* Plan every frame of every chunk into the destination (the copy term and the check). */
+/*
+ * Plan every frame of every chunk into the destination (the check), and every chunk's copy as
+ * the pipeline plans it, frames at the staging pitch (the copy term).
+ */
 static int plan_dst_runs(struct bench *b)
 {
 	const struct dataset *ds = &b->ds;
 	const uint64_t n_jobs = (uint64_t)ds->n_chunks * ds->n_frames;
+	const uint64_t plan_runs = (uint64_t)ds->n_frames * ds->max_runs;
+	const uint64_t plan_rects = (uint64_t)ds->geom.n_layers * ds->max_runs;
+	struct shadow_copy_run *scratch_runs = malloc(ds->max_runs * sizeof(*scratch_runs));
+	struct shadow__copy_rect *scratch_rects = malloc(ds->max_runs * sizeof(*scratch_rects));
+	int rc = 0;
 
 	b->dst_runs = malloc(n_jobs * ds->max_runs * sizeof(*b->dst_runs));
 	b->dst_n_runs = malloc(n_jobs * sizeof(*b->dst_n_runs));
-	if (b->dst_runs == NULL || b->dst_n_runs == NULL) {
+	b->chunk_plans = calloc(ds->n_chunks, sizeof(*b->chunk_plans));
+	b->chunk_runs = malloc(ds->n_chunks * plan_runs * sizeof(*b->chunk_runs));
+	b->chunk_rects = malloc(ds->n_chunks * plan_rects * sizeof(*b->chunk_rects));
+	if (b->dst_runs == NULL || b->dst_n_runs == NULL || b->chunk_plans == NULL ||
+	    b->chunk_runs == NULL || b->chunk_rects == NULL || scratch_runs == NULL ||
+	    scratch_rects == NULL) {
 		fprintf(stderr, "%s: out of memory for copy plans\n", b->o->prog);
-		return -1;
+		rc = -1;
 	}
+	for (uint32_t i = 0; i < ds->n_chunks && rc == 0; i++) {
+		struct shadow__copy_plan *p = &b->chunk_plans[i];
+		*p = (struct shadow__copy_plan){ .runs = b->chunk_runs + i * plan_runs,
+						 .max_runs = plan_runs,
+						 .rects = b->chunk_rects + i * plan_rects,
+						 .max_rects = plan_rects };
+		rc = shadow__copy_plan_chunk(&ds->dst.spec.layout, &ds->geom,
+					     ds->dst_ids + (uint64_t)i * ds->bpc, ds->bpc,
+					     ds->frame_pitch, scratch_runs, scratch_rects,
+					     ds->max_runs, p);
+		if (rc < 0) {
+			fprintf(stderr, "%s: shadow__copy_plan_chunk: %s\n", b->o->prog,
+				shadow_strerror(rc));
+			rc = -1;
+		}
+	}
+	free(scratch_runs);
+	free(scratch_rects);
+	if (rc < 0)
+		return -1;
 	for (uint64_t j = 0; j < n_jobs; j++) {
 		const uint32_t i = (uint32_t)(j / ds->n_frames), f = (uint32_t)(j % ds->n_frames);
 		size_t n = 0;
-		int rc = shadow_layout_plan_frame(&ds->dst.spec.layout, &ds->geom, f / 2,
-						  (enum shadow_kv_kind)(f % 2),
-						  ds->dst_ids + (uint64_t)i * ds->bpc, ds->bpc,
-						  b->dst_runs + j * ds->max_runs, ds->max_runs, &n);
+		rc = shadow_layout_plan_frame(&ds->dst.spec.layout, &ds->geom, f / 2,
+					      (enum shadow_kv_kind)(f % 2),
+					      ds->dst_ids + (uint64_t)i * ds->bpc, ds->bpc,
+					      b->dst_runs + j * ds->max_runs, ds->max_runs, &n);
 		if (rc < 0) {
 			fprintf(stderr, "%s: shadow_layout_plan_frame: %s\n", b->o->prog,
 				shadow_strerror(rc));
@@ -1991,8 +2037,9 @@ static int plan_dst_runs(struct bench *b)
 }
 
 /*
- * One pass: every frame of every chunk from the images (cycled) into the destination; with
- * `step` copy threads, this one's share: the jobs first, first + step, ...
+ * One pass: every chunk from the staging images (cycled) into the destination, as the
+ * pipeline's copy threads copy them; with `step` copy threads, this one's share: the chunks
+ * first, first + step, ...
  */
 static int copy_pass(struct bench *b, struct shadow__copy_ctx *ctx, struct shadow__copy_region *r,
 		     const uint8_t *imgs, uint32_t n_img, uint64_t img_stride, uint32_t first,
@@ -2000,15 +2047,17 @@ static int copy_pass(struct bench *b, struct shadow__copy_ctx *ctx, struct shado
 {
 	const struct dataset *ds = &b->ds;
 	const struct shadow__copy_ops *ops = b->copy_ops;
-	const uint64_t n_jobs = (uint64_t)ds->n_chunks * ds->n_frames;
 	int rc = 0, err = 0;
 
-	for (uint64_t j = first; j < n_jobs && err == 0; j += step) {
+	for (uint32_t j = first; j < ds->n_chunks && err == 0; j += step) {
+		const struct shadow__copy_plan *p = &b->chunk_plans[j];
 		struct shadow__copy_job job = {
 			.region = r,
 			.src = imgs + (j % n_img) * img_stride,
-			.runs = b->dst_runs + j * ds->max_runs,
-			.n_runs = b->dst_n_runs[j],
+			.runs = p->runs,
+			.n_runs = (uint32_t)p->n_runs,
+			.rects = p->rects,
+			.n_rects = (uint32_t)p->n_rects,
 			.user = NULL,
 		};
 		while ((rc = ops->submit(ctx, &job)) == -EAGAIN) {
@@ -2017,8 +2066,8 @@ static int copy_pass(struct bench *b, struct shadow__copy_ctx *ctx, struct shado
 		}
 		if (rc < 0)
 			err = rc;
-		/* Bursts of 64 frames per flush, as the copy thread drains its ring in bursts. */
-		if ((j / step + 1) % 64 == 0)
+		/* A flush per COPY_BURST chunks, as the copy thread drains its ring in bursts. */
+		if ((j / step + 1) % COPY_BURST == 0)
 			(void)ops->flush(ctx);
 	}
 	(void)ops->flush(ctx);
@@ -2053,8 +2102,7 @@ static void *copier_main(void *arg)
 	struct copier *c = arg;
 	struct bench *b = c->b;
 	const struct shadow__copy_ops *ops = b->copy_ops;
-	const uint64_t n_jobs = (uint64_t)b->ds.n_chunks * b->ds.n_frames;
-	const uint64_t share = (n_jobs - c->first + c->step - 1) / c->step;
+	const uint64_t share = (b->ds.n_chunks - c->first + c->step - 1) / c->step;
 	struct shadow__copy_ctx *ctx = NULL;
 	int rc = c->cpu >= 0 ? pin_self(c->cpu) : 0;
 
@@ -2085,22 +2133,21 @@ static void *copier_main(void *arg)
 }
 
 /*
- * The copy term (poison false): the destination's backend alone, copying staging images from
- * pool memory (pinned for cuda) with the fetch's plans, whole passes until min_time, on
- * --copy-threads threads as the pipeline's copy threads, each with a context of its own and
- * every step-th job; decoded GB/s (all their bytes / from the common start to the last end)
- * into b->copy_gbps. Poison (true): one pass of an image of 0xff bytes (bf16 NaN) on this
- * thread, so that the check after a run sees any frame the pipeline did not write. 0 or -1
- * (printed).
+ * The copy term (poison false): the destination's backend alone, copying chunk staging images
+ * from pool memory (pinned for cuda; as many as the pipeline has chunk buffers) with the
+ * pipeline's chunk plans, whole passes until min_time, on --copy-threads threads as the
+ * pipeline's copy threads, each with a context of its own and every step-th chunk; decoded
+ * GB/s (all their bytes / from the common start to the last end) into b->copy_gbps. Poison
+ * (true): one pass of an image of 0xff bytes (bf16 NaN) on this thread, so that the check
+ * after a run sees any frame the pipeline did not write. 0 or -1 (printed).
  */
 static int copy_frames(struct bench *b, bool poison)
 {
 	const struct dataset *ds = &b->ds;
 	const struct shadow__copy_ops *ops = b->copy_ops;
-	const uint64_t n_jobs = (uint64_t)ds->n_chunks * ds->n_frames;
-	const uint32_t n_img = poison ? 1u : (uint32_t)SHADOW_MIN(n_jobs, (uint64_t)COPY_IMAGES);
-	const uint32_t n = poison ? 1u : (uint32_t)SHADOW_MIN((uint64_t)b->o->copy_threads, n_jobs);
-	const uint64_t img_stride = round_up(ds->frame_nbytes, 4096);
+	const uint32_t n_img = poison ? 1u : SHADOW_MAX(SHADOW_MIN(ds->n_chunks, b->n_bufs), 1u);
+	const uint32_t n = poison ? 1u : SHADOW_MIN(b->o->copy_threads, ds->n_chunks);
+	const uint64_t img_stride = round_up(ds->n_frames * ds->frame_pitch, 4096);
 	struct shadow__copy_region *r = NULL;
 	struct copier c[COPY_THREADS_MAX];
 	pthread_t tid[COPY_THREADS_MAX];
@@ -2147,7 +2194,7 @@ static int copy_frames(struct bench *b, bool poison)
 		t1 = SHADOW_MAX(t1, c[k].t1);
 	}
 	if (rc == 0 && !poison)
-		b->copy_gbps = gbps(jobs * ds->frame_nbytes, bench_seconds(t0, t1));
+		b->copy_gbps = gbps(jobs * ds->chunk_nbytes, bench_seconds(t0, t1));
 out:
 	if (rc < 0)
 		fprintf(stderr, "%s: %s: %s backend: %s\n", b->o->prog,
@@ -2692,7 +2739,7 @@ static int run_scheme(struct bench *b, enum store_kind kind, uint32_t idx, const
 		       "(%.3f GB/s of containers, %u GETs in flight), copy %.3f GB/s\n",
 		       store_names[kind], sr.scheme, sr.ratio, (double)sr.cont_total / (double)MIB,
 		       ds->n_chunks, sr.save_s, sr.save_threads, b->decode1[idx],
-		       sr.store_gbps * sr.ratio, sr.store_gbps, SHADOW_MAX(b->n_rx, 1u),
+		       sr.store_gbps * sr.ratio, sr.store_gbps, SHADOW_MAX(b->n_bufs, 1u),
 		       b->copy_gbps);
 		fflush(stdout);
 	}
@@ -2765,12 +2812,22 @@ static void print_setup(const struct bench *b)
 	       o->cuda ? "GPU memory of a child process (CUDA IPC)" : "host memfd",
 	       (double)ds->dst.spec.mem.nbytes / (double)MIB,
 	       o->contiguous ? "in order" : "scattered (fixed random permutation)");
-	printf("pipeline: pool %llu MiB%s, receive buffers %llu KiB (%u), frame slots %llu KiB "
-	       "(%u), %u fetch thread(s), %u copy thread(s)\n",
-	       (unsigned long long)(o->pool_nbytes / MIB), o->cuda ? " pinned" : "",
-	       (unsigned long long)(ds->rx_nbytes >> 10), b->n_rx,
-	       (unsigned long long)(ds->slot_nbytes >> 10), b->n_slots, o->fetch_threads,
-	       o->copy_threads);
+	printf("pipeline: pool %llu MiB%s, %u chunk buffers (%llu KiB receive + %llu KiB "
+	       "staging), %u fetch thread(s), %u copy thread(s)\n",
+	       (unsigned long long)(o->pool_nbytes / MIB), o->cuda ? " pinned" : "", b->n_bufs,
+	       (unsigned long long)(ds->rx_nbytes >> 10),
+	       (unsigned long long)(ds->stage_nbytes >> 10), o->fetch_threads, o->copy_threads);
+	/* What the copy stage issues: the chunk plans against one copy per run of each frame. */
+	uint64_t n_runs = 0, n_rects = 0, n_frame_runs = 0;
+	for (uint32_t i = 0; i < ds->n_chunks; i++) {
+		n_runs += b->chunk_plans[i].n_runs;
+		n_rects += b->chunk_plans[i].n_rects;
+	}
+	for (uint64_t j = 0; j < (uint64_t)ds->n_chunks * ds->n_frames; j++)
+		n_frame_runs += b->dst_n_runs[j];
+	printf("copy plan per chunk: %.1f runs + %.1f rectangles (per-frame plans: %.1f runs)\n",
+	       (double)n_runs / ds->n_chunks, (double)n_rects / ds->n_chunks,
+	       (double)n_frame_runs / ds->n_chunks);
 	if (b->pinned) {
 		cpu_set_text(&b->pipe_cpus, cpus, sizeof(cpus));
 		printf("cpus: main thread on %d; pipeline threads inside %s (%u CPUs); bound terms "
@@ -2913,8 +2970,8 @@ static void cpus_setup(struct bench *b, bool redis_here)
 	b->pinned = rc == 0;
 }
 
-/* The pipeline's receive buffers and slots for this configuration (for the store term's GETs
- * in flight and the report): a pipeline made and dropped. */
+/* The pipeline's chunk buffers for this configuration (for the store term's GETs in flight,
+ * the copy term's staging areas and the report): a pipeline made and dropped. */
 static int probe_pipeline(struct bench *b)
 {
 	struct shadow__pipeline_config cfg;
@@ -2930,16 +2987,15 @@ static int probe_pipeline(struct bench *b)
 	pipeline_config(b, &sr, 1, &cfg);
 	rc = shadow__pipeline_create(&cfg, &pl);
 	if (rc < 0) {
-		fprintf(stderr, "%s: pipeline (pool %llu MiB, receive buffers %llu KiB, slots %llu "
-				"KiB): %s\n", b->o->prog,
+		fprintf(stderr, "%s: pipeline (pool %llu MiB, receive buffers %llu KiB, staging "
+				"areas %llu KiB): %s\n", b->o->prog,
 			(unsigned long long)(cfg.pool_nbytes / MIB),
 			(unsigned long long)(cfg.rx_nbytes >> 10),
-			(unsigned long long)(cfg.slot_nbytes >> 10), shadow_strerror(rc));
+			(unsigned long long)(cfg.stage_nbytes >> 10), shadow_strerror(rc));
 		return -1;
 	}
 	shadow__pipeline_stats(pl, &s);
-	b->n_rx = s.rx_total;
-	b->n_slots = s.slots_total;
+	b->n_bufs = s.chunks_total;
 	shadow__pipeline_destroy(pl);
 	return 0;
 }
@@ -3115,6 +3171,9 @@ out:
 	free(b.rows);
 	free(b.dst_runs);
 	free(b.dst_n_runs);
+	free(b.chunk_plans);
+	free(b.chunk_runs);
+	free(b.chunk_rects);
 	free_options(&o);
 	return b.status;
 }

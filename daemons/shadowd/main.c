@@ -44,7 +44,7 @@
 #define DEFAULT_STORE "mem://"
 
 struct opts {
-	const char *store, *listen, *cpus, *pool, *slot_size, *rx_size, *metrics, *log_level;
+	const char *store, *listen, *cpus, *pool, *stage_size, *rx_size, *metrics, *log_level;
 	const char *save_scheme, *key_prefix, *transform;
 	const char *fetch_threads, *decode_threads, *copy_threads, *save_threads, *max_clients;
 	const char *drain_timeout;
@@ -63,7 +63,8 @@ static int usage(FILE *out)
 		"  --cpus LIST            pin every thread inside these CPUs, e.g. 2-5,8 (SHADOW_CPUS)\n"
 		"  --pool MIB             data-plane memory in MiB, or a size like 512MiB\n"
 		"                         (SHADOW_POOL; default 1024)\n"
-		"  --slot-size SIZE       frame slot, >= the largest frame (SHADOW_SLOT_SIZE; 1MiB)\n"
+		"  --stage-size SIZE      a chunk's staging area, >= its decoded KV and copy plan\n"
+		"                         (SHADOW_STAGE_SIZE; 64MiB)\n"
 		"  --rx-size SIZE         chunk receive buffer, >= the largest chunk\n"
 		"                         (SHADOW_RX_SIZE; default 64MiB)\n"
 		"  --fetch-threads N      (SHADOW_FETCH_THREADS; default 1)\n"
@@ -84,7 +85,7 @@ static int usage(FILE *out)
 		"  --spin-us US           while requests run, look for work this long before\n"
 		"                         sleeping, so busy clients need no doorbell (SHADOW_SPIN_US;\n"
 		"                         default 50; 0: sleep at once)\n"
-		"  --no-pinned            pageable slot pool even with a GPU (SHADOW_NO_PINNED=1)\n"
+		"  --no-pinned            pageable pool even with a GPU (SHADOW_NO_PINNED=1)\n"
 		"  --log-level LEVEL      error, warn, info or debug (SHADOW_LOG_LEVEL; default warn)\n"
 		"  --version, --help\n");
 	return out == stderr ? 2 : 0;
@@ -203,7 +204,7 @@ static const char *env(const char *name)
 int main(int argc, char **argv)
 {
 	enum {
-		O_STORE = 256, O_LISTEN, O_CPUS, O_POOL, O_SLOT, O_RX, O_FETCH, O_DECODE, O_COPY, O_SAVE,
+		O_STORE = 256, O_LISTEN, O_CPUS, O_POOL, O_STAGE, O_RX, O_FETCH, O_DECODE, O_COPY, O_SAVE,
 		O_SCHEME, O_PREFIX, O_TRANSFORM, O_METRICS, O_MAXCL, O_DRAIN, O_SPIN, O_NOPIN, O_LOG,
 		O_VERSION, O_HELP
 	};
@@ -212,7 +213,7 @@ int main(int argc, char **argv)
 		{ "listen", required_argument, NULL, O_LISTEN },
 		{ "cpus", required_argument, NULL, O_CPUS },
 		{ "pool", required_argument, NULL, O_POOL },
-		{ "slot-size", required_argument, NULL, O_SLOT },
+		{ "stage-size", required_argument, NULL, O_STAGE },
 		{ "rx-size", required_argument, NULL, O_RX },
 		{ "fetch-threads", required_argument, NULL, O_FETCH },
 		{ "decode-threads", required_argument, NULL, O_DECODE },
@@ -236,7 +237,7 @@ int main(int argc, char **argv)
 		.listen = env("SHADOW_LISTEN"),
 		.cpus = env("SHADOW_CPUS"),
 		.pool = env("SHADOW_POOL"),
-		.slot_size = env("SHADOW_SLOT_SIZE"),
+		.stage_size = env("SHADOW_STAGE_SIZE"),
 		.rx_size = env("SHADOW_RX_SIZE"),
 		.fetch_threads = env("SHADOW_FETCH_THREADS"),
 		.decode_threads = env("SHADOW_DECODE_THREADS"),
@@ -261,7 +262,7 @@ int main(int argc, char **argv)
 		case O_LISTEN: o.listen = optarg; break;
 		case O_CPUS: o.cpus = optarg; break;
 		case O_POOL: o.pool = optarg; break;
-		case O_SLOT: o.slot_size = optarg; break;
+		case O_STAGE: o.stage_size = optarg; break;
 		case O_RX: o.rx_size = optarg; break;
 		case O_FETCH: o.fetch_threads = optarg; break;
 		case O_DECODE: o.decode_threads = optarg; break;
@@ -296,7 +297,8 @@ int main(int argc, char **argv)
 	pc.store_url = o.store != NULL ? o.store : DEFAULT_STORE;
 	sc.listen = o.listen != NULL ? o.listen : DEFAULT_LISTEN;
 	if ((o.pool != NULL && parse_size("--pool", o.pool, 1u << 20, &pc.pool_nbytes) < 0) ||
-	    (o.slot_size != NULL && parse_size("--slot-size", o.slot_size, 1, &pc.slot_nbytes) < 0) ||
+	    (o.stage_size != NULL &&
+	     parse_size("--stage-size", o.stage_size, 1, &pc.stage_nbytes) < 0) ||
 	    (o.rx_size != NULL && parse_size("--rx-size", o.rx_size, 1, &pc.rx_nbytes) < 0) ||
 	    (o.fetch_threads != NULL &&
 	     parse_u32("--fetch-threads", o.fetch_threads, 1, 32, &pc.fetch_threads) < 0) ||
@@ -318,8 +320,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "shadowd: --save-scheme '%s': unknown scheme\n", o.save_scheme);
 		return 2;
 	}
-	if (pc.slot_nbytes % 4096 != 0 || pc.rx_nbytes % 4096 != 0) {
-		fprintf(stderr, "shadowd: --slot-size and --rx-size must be multiples of 4 KiB\n");
+	if (pc.stage_nbytes % 4096 != 0 || pc.rx_nbytes % 4096 != 0) {
+		fprintf(stderr, "shadowd: --stage-size and --rx-size must be multiples of 4 KiB\n");
 		return 2;
 	}
 	sc.drain_timeout_ns = (uint64_t)drain_ms * SHADOW_NS_PER_MS;

@@ -1716,13 +1716,10 @@ void shadowd_server_metrics(struct shadowd_server *srv, FILE *out)
 		     "shadowd_pipeline_seconds_total{stage=\"copy\"} %.6f\n"
 		     "shadowd_pipeline_seconds_total{stage=\"save\"} %.6f\n",
 		ps.ns_fetch / 1e9, ps.ns_decode / 1e9, ps.ns_copy / 1e9, ps.ns_save / 1e9);
-	fprintf(out, "# TYPE shadowd_pipeline_rx_buffers gauge\n"
-		     "shadowd_pipeline_rx_buffers{state=\"free\"} %u\n"
-		     "shadowd_pipeline_rx_buffers{state=\"total\"} %u\n"
-		     "# TYPE shadowd_pipeline_slots gauge\n"
-		     "shadowd_pipeline_slots{state=\"free\"} %u\n"
-		     "shadowd_pipeline_slots{state=\"total\"} %u\n",
-		ps.rx_free, ps.rx_total, ps.slots_free, ps.slots_total);
+	fprintf(out, "# TYPE shadowd_pipeline_chunk_buffers gauge\n"
+		     "shadowd_pipeline_chunk_buffers{state=\"free\"} %u\n"
+		     "shadowd_pipeline_chunk_buffers{state=\"total\"} %u\n",
+		ps.chunks_free, ps.chunks_total);
 
 	static const char *const per_client[] = {
 		"shadowd_client_requests_total counter", "shadowd_client_rejected_total counter",

@@ -6,42 +6,58 @@
  * Threads (all pinned inside cfg->cpus when given, each to a CPU of its own when the set has
  * enough; shadow__pipeline_thread_cpus(), docs/threads.md):
  *   fetch  x fetch_threads   pops FETCH and LOOKUP ops, owns a store handle; starts one GET
- *                            per chunk into a free receive buffer; as bytes land it parses
+ *                            per chunk once a chunk buffer is free; as bytes land it parses
  *                            the container's metadata and hands each frame whose payload has
  *                            fully arrived to the decode ring.
- *   decode x decode_threads  pops frames; takes a frame slot (waits while none is free);
- *                            decompresses, verifies and dequantizes straight into it (one
- *                            codec per thread and geometry); plans the frame's copy runs into
- *                            the slot's tail; pushes it to the copy ring.
- *   copy   x copy_threads    pops frames, submits them to the region's copy backend (a copy
+ *   decode x decode_threads  pops frames; decompresses, verifies and dequantizes each straight
+ *                            into its place in the chunk's staging area (one codec per thread
+ *                            and geometry). Frames of one chunk decode in parallel. The thread
+ *                            that finishes a chunk's last frame plans the chunk's copy (runs
+ *                            and rectangles, copy_plan.c) and pushes the chunk to the copy
+ *                            ring.
+ *   copy   x copy_threads    pops chunks, submits them to the region's copy backend (a copy
  *                            context of its own: a CUDA stream per thread), reaps its
- *                            finished copies and recycles their slots. More than one where
- *                            issuing copies is the bottleneck: the CUDA driver spends about
- *                            1 us of the issuing thread per copy, which caps one thread at
- *                            8 GB/s of 8 KiB blocks (docs/results.md, "Copy engine").
+ *                            finished copies and frees their chunk buffers. More than one
+ *                            where issuing copies is the bottleneck: the CUDA driver spends
+ *                            about 1 us of the issuing thread per copy operation
+ *                            (docs/results.md, "Copy engine").
  *   save   x save_threads    pops SAVE ops; per chunk gathers the blocks from the region
  *                            (copy backend read), encodes, PUTs. Its own store handle and
  *                            buffers: saves never take a fetch's memory or threads.
  *
  * Queues: ops ring (MPMC, submitters -> fetch threads), save ring (MPMC, submitters -> save
- * threads), decode ring (MPMC, fetch -> decode), copy ring (MPMC, decode -> copy). Each has a
- * doorbell (below) that wakes consumers asleep on it; a producer rings only when a consumer
- * said it is going to sleep, so a busy pipeline makes no syscall per item.
+ * threads), decode ring (MPMC, fetch -> decode: frames), copy ring (MPMC, decode -> copy:
+ * chunks). Each has a doorbell (below) that wakes consumers asleep on it; a producer rings
+ * only when a consumer said it is going to sleep, so a busy pipeline makes no syscall per
+ * item.
  *
  * Memory: one block of pool_nbytes (pinned when cfg->pinned), carved into the save threads'
- * buffers, receive buffers (rx pool) and frame slots (slot pool), all fixed at creation. A
- * frame slot holds the frame's staging image and, after it, the frame's copy runs.
+ * buffers and chunk buffers, all fixed at creation. A chunk buffer is a receive buffer
+ * (rx_nbytes: the stored container) and a staging area (stage_nbytes: the chunk's decoded
+ * frames at a fixed pitch, then its copy plan and the planner's scratch):
  *
- * Lifetimes: a chunk in flight holds one receive buffer and a reference count: 1 for its GET
- * plus 1 per frame handed to decode. Whoever drops the last reference (fetch thread at GET
- * completion, decode thread on a skipped frame, copy thread when a copy is reaped) finishes
- * the chunk: writes its status, frees its receive buffer, and finishes the op when it was the
- * op's last chunk. An op holds a reference on its region until it finishes, so a region is
- * unmapped only once nothing copies into it.
+ *	| rx: container as it lands | stage: frame 0 | frame 1 | ... | runs | rects | scratch |
+ *
+ * Chunk buffers are the slots of a LIFO pool (core/pool.h), so a lightly loaded pipeline
+ * reuses the buffer that was freed last, still warm in cache. A chunk enters the pipeline
+ * only with a buffer of its own: occupancy-based admission at chunk granularity, with
+ * backpressure to the fetch threads. Why the whole chunk is staged before its copy, and not
+ * frame by frame: a chunk staged at a fixed frame pitch lets one 2D copy move the same block
+ * of every frame (copy_plan.c), where frame slots from a free list made one copy per block
+ * per frame, and the copy engine's cost is per operation (docs/results.md).
+ *
+ * Lifetimes: a chunk in flight holds its buffer and a reference count: 1 for its GET plus 1
+ * per frame handed to decode. Whoever drops the last reference (fetch thread at GET
+ * completion, decode thread after a frame) ends the chunk's decode: a chunk that is still OK
+ * is planned and goes to the copy ring, any other is finished at once. A copy thread
+ * finishes a chunk when its copy is reaped. Finishing writes the chunk's status, frees its
+ * buffer, and finishes the op when it was the op's last chunk. An op holds a reference on its
+ * region until it finishes, so a region is unmapped only once nothing copies into it.
  *
  * Failure: a chunk's first failure wins (chunk->status, compare-and-swap). Frames of a failed
  * chunk (or of a cancelled op) that have not been decoded yet are skipped, so a corrupt chunk
- * costs no more decode work; frames already copied stay (each passed its own checksum).
+ * costs no more decode work, and a chunk that failed is never copied: no byte of it reaches
+ * the region.
  */
 #include <errno.h>
 #include <poll.h>
@@ -64,10 +80,10 @@
 
 #define PL_REGIONS_MAX 64u
 #define PL_FRAMES_MAX (2u * SHADOW_MAX_LAYERS)
-#define PL_RX_MAX 64u           /* receive buffers, i.e. chunks in flight, at most */
+#define PL_CHUNKS_MAX 64u       /* chunk buffers, i.e. chunks in flight, at most */
 #define PL_THREADS_MAX 64u
-#define PL_SLOT_ALIGN 4096u
-#define PL_RUN_ALIGN 64u
+#define PL_BUF_ALIGN 4096u
+#define PL_STAGE_ALIGN 64u     /* frames and plan arrays in a staging area */
 
 /* ------------------------------------------------------------------------------------------ */
 /* Doorbells                                                                                  */
@@ -145,6 +161,10 @@ struct pl_region {
 	uint32_t bpc;                    /* blocks per chunk */
 	uint32_t max_runs;               /* runs of one frame, at most */
 	uint64_t frame_nbytes;           /* a frame's staging image */
+	/* A staging area for this region's chunks (pl_stage_layout). */
+	uint64_t frame_pitch;            /* frame f at f * frame_pitch */
+	uint64_t off_runs, off_rects, off_scratch_runs, off_scratch_rects;
+	uint64_t plan_runs, plan_rects;  /* capacities of the plan's arrays */
 	struct shadow_kv_geometry geom;
 	struct shadow_kv_layout layout;
 	const struct shadow__copy_ops *ops;
@@ -157,9 +177,6 @@ struct pl_chunk;
 struct pl_frame {
 	struct pl_chunk *chunk;
 	uint32_t frame;
-	uint32_t n_runs;                 /* of the plan in the slot's tail */
-	void *slot;
-	uint64_t t_copy_ns;
 };
 
 struct pl_chunk {
@@ -168,7 +185,10 @@ struct pl_chunk {
 	struct pl_region *region;
 	struct pl_thread *owner;         /* the fetch thread whose GET is in flight, or NULL */
 	uint32_t idx;                    /* in the op */
-	uint8_t *rx;
+	uint8_t *rx;                     /* the chunk buffer: receive buffer, */
+	uint8_t *stage;                  /* then staging area */
+	struct shadow__copy_plan plan;   /* arrays in the staging area */
+	uint64_t t_copy_ns;
 	struct shadow_store_req req;
 	struct iovec iov;
 	char key_text[SHADOW_STORE_KEY_MAX];
@@ -209,17 +229,15 @@ struct shadow__pipeline {
 
 	void *mem;                       /* the pool block */
 	size_t mem_nbytes;
-	struct shadow__pool *rx_pool;
-	struct shadow__pool *slot_pool;
-	uint32_t n_rx, n_slots;
-	struct pl_chunk *chunks;         /* n_rx; chunk i owns rx buffer i while in flight */
-	struct shadow__ring *free_chunks;
+	struct shadow__pool *buf_pool;   /* free chunk buffers (LIFO) */
+	uint32_t n_chunks;
+	struct pl_chunk *chunks;         /* n_chunks; chunk i owns chunk buffer i */
 
 	struct shadow__ring *ops;        /* FETCH, LOOKUP */
 	struct shadow__ring *saves;
 	struct shadow__ring *decode;
 	struct shadow__ring *copyq;
-	struct doorbell decode_bell;     /* frames to decode, or slots freed */
+	struct doorbell decode_bell;     /* frames to decode */
 	struct doorbell copy_bell;
 	struct doorbell save_bell;
 
@@ -299,10 +317,9 @@ static void chunk_fail(struct pl_chunk *c, int status)
 						memory_order_relaxed);
 }
 
-static void chunk_release(struct pl_chunk *c)
+/* The chunk is done: its final status to the op, its buffer back to the pool. */
+static void chunk_finish(struct pl_chunk *c)
 {
-	if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
-		return;
 	struct shadow__pipeline *pl = c->pl;
 	struct shadow__op *op = c->op;
 	uint32_t idx = c->idx;
@@ -313,12 +330,65 @@ static void chunk_release(struct pl_chunk *c)
 	if (status == SHADOW_CHUNK_OK)
 		__atomic_fetch_add(&op->bytes_out, c->region->raw_nbytes, __ATOMIC_RELAXED);
 	c->op = NULL;
-	/* The chunk (and its receive buffer) is free again: tell the fetch threads. */
-	void *obj = c;
-	shadow__ring_mp_enqueue_bulk(pl->free_chunks, &obj, 1);
+	/* The chunk buffer is free again: tell the fetch threads. */
+	shadow__pool_put(pl->buf_pool, NULL, c->rx);
 	for (uint32_t i = 0; i < pl->n_fetch; i++)
 		doorbell_ring(&pl->threads[i].bell);
 	op_chunk_done(pl, op, idx, status);
+}
+
+/* Plan a decoded chunk's copy into its staging area and hand it to the copy threads. */
+static void chunk_to_copy(struct pl_chunk *c)
+{
+	struct shadow__pipeline *pl = c->pl;
+	struct pl_region *r = c->region;
+	const uint32_t *blocks = c->op->block_ids + (uint64_t)c->idx * r->bpc;
+	void *obj = c;
+	int rc;
+
+	c->plan = (struct shadow__copy_plan){
+		.runs = (struct shadow_copy_run *)(void *)(c->stage + r->off_runs),
+		.max_runs = r->plan_runs,
+		.rects = (struct shadow__copy_rect *)(void *)(c->stage + r->off_rects),
+		.max_rects = r->plan_rects,
+	};
+	rc = shadow__copy_plan_chunk(&r->layout, &r->geom, blocks, r->bpc, r->frame_pitch,
+				     (struct shadow_copy_run *)(void *)(c->stage +
+									 r->off_scratch_runs),
+				     (struct shadow__copy_rect *)(void *)(c->stage +
+									   r->off_scratch_rects),
+				     r->max_runs, &c->plan);
+	if (rc < 0) {
+		SHADOW_ASSERT(0); /* the layout was validated and the arrays sized for it */
+		chunk_fail(c, SHADOW_CHUNK_ERROR);
+		chunk_finish(c);
+		return;
+	}
+	/* The ring holds every chunk: it cannot be full. */
+	if (shadow__ring_mp_enqueue_bulk(pl->copyq, &obj, 1) != 1) {
+		SHADOW_ASSERT(0);
+		chunk_fail(c, SHADOW_CHUNK_ERROR);
+		chunk_finish(c);
+		return;
+	}
+	doorbell_ring(&pl->copy_bell);
+}
+
+/*
+ * Drop one reference (the GET's or a frame's). The last one ends the chunk's decode: every
+ * frame of a chunk still OK has been decoded, so it goes to the copy threads; any other
+ * chunk is finished here.
+ */
+static void chunk_release(struct pl_chunk *c)
+{
+	/* acq_rel: the last one sees every frame's decode into the staging area. */
+	if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	if (atomic_load_explicit(&c->status, memory_order_relaxed) == SHADOW_CHUNK_OK &&
+	    !op_cancelled(c->op))
+		chunk_to_copy(c);
+	else
+		chunk_finish(c);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -358,7 +428,6 @@ static void chunk_release_frames(struct pl_chunk *c, uint64_t landed)
 			break;
 		f->chunk = c;
 		f->frame = c->frames_released;
-		f->slot = NULL;
 		atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
 		void *obj = f;
 		/* The ring holds every frame of every chunk in flight: it cannot be full. */
@@ -441,16 +510,16 @@ static void chunk_on_done(struct shadow_store_req *req)
 	chunk_release(c); /* the GET's reference */
 }
 
-/* Start the next chunk of t->cur if a receive buffer is free. Returns false if it could not. */
+/* Start the next chunk of t->cur if a chunk buffer is free. Returns false if it could not. */
 static bool fetch_start_chunk(struct pl_thread *t)
 {
 	struct shadow__pipeline *pl = t->pl;
 	struct shadow__op *op = t->cur;
-	void *obj;
+	void *buf;
 
-	if (shadow__ring_mc_dequeue_bulk(pl->free_chunks, &obj, 1) != 1)
+	if (shadow__pool_get(pl->buf_pool, NULL, &buf) < 0)
 		return false;
-	struct pl_chunk *c = obj;
+	struct pl_chunk *c = &pl->chunks[shadow__pool_slot_index(pl->buf_pool, buf)];
 	uint32_t idx = atomic_fetch_add_explicit(&op->p.next_chunk, 1, memory_order_relaxed);
 
 	SHADOW_ASSERT(idx < op->n_chunks); /* only this thread advances its op's cursor */
@@ -531,13 +600,21 @@ static void lookup_start(struct pl_thread *t, struct shadow__op *op)
 	}
 }
 
+static bool buffers_free(struct shadow__pipeline *pl)
+{
+	struct shadow__pool_stats s;
+
+	shadow__pool_stats(pl->buf_pool, &s);
+	return s.n_available > 0;
+}
+
 static bool fetch_has_work(struct pl_thread *t)
 {
 	struct shadow__pipeline *pl = t->pl;
 
 	if (t->cur == NULL && t->lookup_op == NULL && shadow__ring_count(pl->ops) > 0)
 		return true;
-	return t->cur != NULL && shadow__ring_count(pl->free_chunks) > 0;
+	return t->cur != NULL && buffers_free(pl);
 }
 
 /*
@@ -548,7 +625,7 @@ static void fetch_cancel_scan(struct pl_thread *t, bool all)
 {
 	struct shadow__pipeline *pl = t->pl;
 
-	for (uint32_t i = 0; i < pl->n_rx; i++) {
+	for (uint32_t i = 0; i < pl->n_chunks; i++) {
 		struct pl_chunk *c = &pl->chunks[i];
 		if (c->owner == t && (all || op_cancelled(c->op)))
 			(void)shadow_store_cancel(t->store, &c->req);
@@ -630,15 +707,6 @@ static bool decode_ready(void *arg)
 	return decode_may_exit(pl) || shadow__ring_count(pl->decode) > 0;
 }
 
-static bool slot_ready(void *arg)
-{
-	struct shadow__pipeline *pl = arg;
-	struct shadow__pool_stats s;
-
-	shadow__pool_stats(pl->slot_pool, &s);
-	return s.n_available > 0 || atomic_load_explicit(&pl->stopping, memory_order_relaxed);
-}
-
 static struct shadow_codec *thread_codec(struct pl_thread *t, struct pl_region *r)
 {
 	uint32_t id = (uint32_t)(r - t->pl->regions);
@@ -652,26 +720,6 @@ static struct shadow_codec *thread_codec(struct pl_thread *t, struct pl_region *
 	return t->codecs[id];
 }
 
-/* A frame slot: the staging image, then (PL_RUN_ALIGN aligned) the frame's copy runs. */
-static struct shadow_copy_run *slot_runs(void *slot, const struct pl_region *r)
-{
-	uint64_t off = (r->frame_nbytes + PL_RUN_ALIGN - 1) & ~(uint64_t)(PL_RUN_ALIGN - 1);
-
-	return (struct shadow_copy_run *)(void *)((uint8_t *)slot + off); /* slots are 4 KiB
-									     aligned */
-}
-
-/* A frame leaves the pipeline without a copy (skipped or failed). */
-static void frame_drop(struct shadow__pipeline *pl, struct pl_frame *f)
-{
-	if (f->slot != NULL) {
-		shadow__pool_put(pl->slot_pool, NULL, f->slot);
-		f->slot = NULL;
-		doorbell_ring(&pl->decode_bell);
-	}
-	chunk_release(f->chunk);
-}
-
 static void decode_one(struct pl_thread *t, struct pl_frame *f)
 {
 	struct shadow__pipeline *pl = t->pl;
@@ -682,55 +730,26 @@ static void decode_one(struct pl_thread *t, struct pl_frame *f)
 
 	if (atomic_load_explicit(&c->status, memory_order_relaxed) != SHADOW_CHUNK_OK ||
 	    op_cancelled(c->op)) {
-		frame_drop(pl, f);
+		chunk_release(c); /* skipped */
 		return;
-	}
-	/* Occupancy-based admission: no slot, no decode. */
-	while (shadow__pool_get(pl->slot_pool, NULL, &f->slot) < 0) {
-		if (atomic_load_explicit(&pl->stopping, memory_order_relaxed)) {
-			chunk_fail(c, SHADOW_CHUNK_CANCELED);
-			frame_drop(pl, f);
-			return;
-		}
-		doorbell_wait(&pl->decode_bell, slot_ready, pl, 100);
 	}
 	struct shadow_codec *codec = thread_codec(t, r);
 	if (codec == NULL) {
 		chunk_fail(c, SHADOW_CHUNK_ERROR);
-		frame_drop(pl, f);
+		chunk_release(c);
 		return;
 	}
 	t0 = shadow__now_ns();
-	rc = shadow_chunk_decode_frame(codec, &c->view, f->frame, &r->layout, f->slot,
+	rc = shadow_chunk_decode_frame(codec, &c->view, f->frame, &r->layout,
+				       c->stage + (uint64_t)f->frame * r->frame_pitch,
 				       r->frame_nbytes);
+	st_add(pl, ST_NS_DECODE, shadow__now_ns() - t0);
 	if (rc < 0) {
 		SHADOW_LOG_RATELIMITED(SHADOW_LOG_WARN, "chunk %s frame %u: %s", c->key_text,
 				       f->frame, shadow_strerror(rc));
 		chunk_fail(c, rc == SHADOW_ECORRUPT ? SHADOW_CHUNK_CORRUPT : SHADOW_CHUNK_ERROR);
-		frame_drop(pl, f);
-		return;
 	}
-	/* The copy plan goes after the staging image, in the same slot. */
-	struct shadow_copy_run *runs = slot_runs(f->slot, r);
-	size_t n_runs = 0;
-	const uint32_t *blocks = c->op->block_ids + (uint64_t)c->idx * r->bpc;
-	rc = shadow_layout_plan_frame(&r->layout, &r->geom, f->frame / 2, f->frame % 2, blocks,
-				      r->bpc, runs, r->max_runs, &n_runs);
-	st_add(pl, ST_NS_DECODE, shadow__now_ns() - t0);
-	if (rc < 0) {
-		chunk_fail(c, SHADOW_CHUNK_ERROR);
-		frame_drop(pl, f);
-		return;
-	}
-	void *obj = f;
-	f->n_runs = (uint32_t)n_runs;
-	if (shadow__ring_mp_enqueue_bulk(pl->copyq, &obj, 1) != 1) {
-		SHADOW_ASSERT(0); /* sized for every slot */
-		chunk_fail(c, SHADOW_CHUNK_ERROR);
-		frame_drop(pl, f);
-		return;
-	}
-	doorbell_ring(&pl->copy_bell);
+	chunk_release(c); /* the last frame's thread plans the chunk's copy */
 }
 
 static void *decode_main(void *arg)
@@ -813,14 +832,13 @@ static uint32_t copy_reap(struct pl_thread *t, const struct shadow__copy_ops *op
 	while ((n = ops->reap(t->copy, users, statuses, 32)) > 0) {
 		uint64_t now = shadow__now_ns();
 		for (uint32_t i = 0; i < n; i++) {
-			struct pl_frame *f = users[i];
-			struct pl_chunk *c = f->chunk;
-			st_add(pl, ST_NS_COPY, now - f->t_copy_ns);
+			struct pl_chunk *c = users[i];
+			st_add(pl, ST_NS_COPY, now - c->t_copy_ns);
 			if (statuses[i] < 0)
 				chunk_fail(c, SHADOW_CHUNK_ERROR);
 			else
-				st_add(pl, ST_BYTES_DECODED, c->region->frame_nbytes);
-			frame_drop(pl, f);
+				st_add(pl, ST_BYTES_DECODED, c->region->raw_nbytes);
+			chunk_finish(c);
 		}
 		total += n;
 	}
@@ -844,26 +862,28 @@ static void *copy_main(void *arg)
 		bool did = false;
 
 		while (shadow__ring_mc_dequeue_bulk(pl->copyq, &obj, 1) == 1) {
-			struct pl_frame *f = obj;
-			struct pl_region *r = f->chunk->region;
+			struct pl_chunk *c = obj;
+			struct pl_region *r = c->region;
 			struct shadow__copy_ctx *ctx = ctxs_for(&x, r);
 			const struct shadow__copy_ops *ops = r->ops;
 			struct shadow__copy_job job = {
 				.region = r->cr,
-				.src = f->slot,
-				.runs = slot_runs(f->slot, r),
-				.n_runs = f->n_runs,
-				.user = f,
+				.src = c->stage,
+				.runs = c->plan.runs,
+				.n_runs = (uint32_t)c->plan.n_runs,
+				.rects = c->plan.rects,
+				.n_rects = (uint32_t)c->plan.n_rects,
+				.user = c,
 			};
 			int rc;
 
 			did = true;
 			if (ctx == NULL) {
-				chunk_fail(f->chunk, SHADOW_CHUNK_ERROR);
-				frame_drop(pl, f);
+				chunk_fail(c, SHADOW_CHUNK_ERROR);
+				chunk_finish(c);
 				continue;
 			}
-			f->t_copy_ns = shadow__now_ns();
+			c->t_copy_ns = shadow__now_ns();
 			t->copy = ctx;
 			while ((rc = ops->submit(ctx, &job)) == -EAGAIN) {
 				(void)ops->flush(ctx); /* its errors come back through reap */
@@ -874,8 +894,8 @@ static void *copy_main(void *arg)
 					shadow__sleep_ns(20 * SHADOW_NS_PER_US);
 			}
 			if (rc < 0) {
-				chunk_fail(f->chunk, SHADOW_CHUNK_ERROR);
-				frame_drop(pl, f);
+				chunk_fail(c, SHADOW_CHUNK_ERROR);
+				chunk_finish(c);
 			}
 		}
 		/* The burst is queued: one flush issues it (one batched copy on a GPU). */
@@ -1045,7 +1065,7 @@ void shadow__pipeline_config_default(struct shadow__pipeline_config *cfg)
 	memset(cfg, 0, sizeof(*cfg));
 	shadow_store_options_default(&cfg->store_opts);
 	cfg->pool_nbytes = UINT64_C(1) << 30;
-	cfg->slot_nbytes = UINT64_C(1) << 20;
+	cfg->stage_nbytes = UINT64_C(64) << 20;
 	cfg->rx_nbytes = UINT64_C(64) << 20;
 	cfg->fetch_threads = 1;
 	cfg->decode_threads = 2;
@@ -1154,27 +1174,23 @@ static int thread_prepare(struct shadow__pipeline *pl, struct pl_thread *t, bool
 	return 0;
 }
 
-/* Split the pool: save buffers, receive buffers, frame slots. */
+/* Split the pool: save buffers, then chunk buffers (a receive buffer and a staging area each). */
 static int pool_carve(struct shadow__pipeline *pl)
 {
 	const struct shadow__pipeline_config *c = &pl->cfg;
 	uint64_t save = (uint64_t)c->save_threads * 2 * c->rx_nbytes;
-	uint64_t min = save + c->rx_nbytes + 2 * c->slot_nbytes;
+	uint64_t buf = c->rx_nbytes + c->stage_nbytes;
+	uint64_t min = save + buf;
 	int rc;
 
 	if (c->pool_nbytes < min) {
 		SHADOW_LOGE("pipeline: pool of %llu MiB is below the %llu MiB that %u save "
-			    "thread(s), one receive buffer and two frame slots need",
+			    "thread(s) and one chunk buffer (receive + staging) need",
 			    (unsigned long long)(c->pool_nbytes >> 20),
 			    (unsigned long long)((min + (1 << 20) - 1) >> 20), c->save_threads);
 		return -EINVAL;
 	}
-	uint64_t rest = c->pool_nbytes - save;
-	/* Half of the rest for receive buffers (at least one), the other half for slots. */
-	pl->n_rx = (uint32_t)SHADOW_MIN((uint64_t)PL_RX_MAX,
-					SHADOW_MAX(UINT64_C(1), rest / 2 / c->rx_nbytes));
-	pl->n_slots = (uint32_t)SHADOW_MIN((rest - pl->n_rx * c->rx_nbytes) / c->slot_nbytes,
-					   (uint64_t)SHADOW_POOL_SLOTS_MAX);
+	pl->n_chunks = (uint32_t)SHADOW_MIN((uint64_t)PL_CHUNKS_MAX, (c->pool_nbytes - save) / buf);
 	pl->mem_nbytes = (size_t)c->pool_nbytes;
 	rc = shadow__copy_pool_alloc(pl->mem_nbytes, c->pinned, &pl->mem);
 	if (rc < 0)
@@ -1188,13 +1204,8 @@ static int pool_carve(struct shadow__pipeline *pl)
 		t->save_enc = p + c->rx_nbytes;
 		p += 2 * c->rx_nbytes;
 	}
-	rc = shadow__pool_create_on(&pl->rx_pool, p, pl->n_rx * c->rx_nbytes, c->rx_nbytes,
-				    pl->n_rx, PL_SLOT_ALIGN);
-	if (rc < 0)
-		return rc;
-	p += pl->n_rx * c->rx_nbytes;
-	return shadow__pool_create_on(&pl->slot_pool, p, pl->n_slots * c->slot_nbytes,
-				      c->slot_nbytes, pl->n_slots, PL_SLOT_ALIGN);
+	return shadow__pool_create_on(&pl->buf_pool, p, pl->n_chunks * buf, (size_t)buf,
+				      pl->n_chunks, PL_BUF_ALIGN);
 }
 
 static uint32_t pow2_at_least(uint32_t n)
@@ -1222,7 +1233,7 @@ int shadow__pipeline_create(const struct shadow__pipeline_config *cfg,
 	    cfg->fetch_threads > PL_THREADS_MAX || cfg->decode_threads > PL_THREADS_MAX ||
 	    cfg->copy_threads > PL_THREADS_MAX || cfg->save_threads > PL_THREADS_MAX ||
 	    thread_count(cfg) > PL_THREADS_MAX ||
-	    cfg->slot_nbytes < 4096 || cfg->rx_nbytes < 4096 || cfg->slot_nbytes % 4096 != 0 ||
+	    cfg->stage_nbytes < 4096 || cfg->rx_nbytes < 4096 || cfg->stage_nbytes % 4096 != 0 ||
 	    cfg->rx_nbytes % 4096 != 0) {
 		SHADOW_LOGE("pipeline: bad configuration (threads 1..%u, buffers multiples of 4 KiB)",
 			    PL_THREADS_MAX);
@@ -1271,22 +1282,20 @@ int shadow__pipeline_create(const struct shadow__pipeline_config *cfg,
 	rc = pool_carve(pl);
 	if (rc < 0)
 		goto fail;
-	pl->chunks = calloc(pl->n_rx, sizeof(*pl->chunks));
+	pl->chunks = calloc(pl->n_chunks, sizeof(*pl->chunks));
 	if (pl->chunks == NULL) {
 		rc = -ENOMEM;
 		goto fail;
 	}
 	/* Ring sizes (powers of two): every op, every frame of every chunk in flight, every
-	 * slot, every chunk: so no enqueue can find its ring full. */
+	 * chunk: so no enqueue can find its ring full. */
 	rc = shadow__ring_create(&pl->ops, SHADOW__OPS_MAX);
 	if (rc == 0)
 		rc = shadow__ring_create(&pl->saves, SHADOW__OPS_MAX);
 	if (rc == 0)
-		rc = shadow__ring_create(&pl->decode, pow2_at_least(pl->n_rx * PL_FRAMES_MAX));
+		rc = shadow__ring_create(&pl->decode, pow2_at_least(pl->n_chunks * PL_FRAMES_MAX));
 	if (rc == 0)
-		rc = shadow__ring_create(&pl->copyq, pow2_at_least(pl->n_slots));
-	if (rc == 0)
-		rc = shadow__ring_create(&pl->free_chunks, pow2_at_least(pl->n_rx));
+		rc = shadow__ring_create(&pl->copyq, pow2_at_least(pl->n_chunks));
 	if (rc == 0)
 		rc = doorbell_init(&pl->decode_bell);
 	if (rc == 0)
@@ -1295,16 +1304,10 @@ int shadow__pipeline_create(const struct shadow__pipeline_config *cfg,
 		rc = doorbell_init(&pl->save_bell);
 	if (rc < 0)
 		goto fail;
-	for (uint32_t i = 0; i < pl->n_rx; i++) {
-		void *rx;
+	for (uint32_t i = 0; i < pl->n_chunks; i++) {
 		pl->chunks[i].pl = pl;
-		if (shadow__pool_get(pl->rx_pool, NULL, &rx) < 0) {
-			rc = -ENOMEM;
-			goto fail;
-		}
-		pl->chunks[i].rx = rx;
-		void *obj = &pl->chunks[i];
-		shadow__ring_sp_enqueue_bulk(pl->free_chunks, &obj, 1);
+		pl->chunks[i].rx = shadow__pool_slot_ptr(pl->buf_pool, i);
+		pl->chunks[i].stage = pl->chunks[i].rx + cfg->rx_nbytes;
 	}
 	for (uint32_t i = 0; i < pl->n_threads; i++) {
 		enum pl_role role = thread_role(cfg, i);
@@ -1335,10 +1338,10 @@ int shadow__pipeline_create(const struct shadow__pipeline_config *cfg,
 		}
 		t->started = true;
 	}
-	SHADOW_LOGI("pipeline: %u receive buffers of %llu MiB, %u frame slots of %llu KiB, "
+	SHADOW_LOGI("pipeline: %u chunk buffers (%llu KiB receive + %llu KiB staging), "
 		    "%u fetch / %u decode / %u copy / %u save threads%s%s",
-		    pl->n_rx, (unsigned long long)(cfg->rx_nbytes >> 20), pl->n_slots,
-		    (unsigned long long)(cfg->slot_nbytes >> 10), pl->n_fetch, pl->n_decode,
+		    pl->n_chunks, (unsigned long long)(cfg->rx_nbytes >> 10),
+		    (unsigned long long)(cfg->stage_nbytes >> 10), pl->n_fetch, pl->n_decode,
 		    pl->n_copy, pl->n_save, cfg->pinned ? ", pinned" : "",
 		    cfg->cpus == NULL ? "" : threads_apart(cfg) ? ", one CPU each" :
 							      ", floating in the CPU set");
@@ -1391,12 +1394,10 @@ void shadow__pipeline_destroy(struct shadow__pipeline *pl)
 	shadow__ring_free(pl->saves);
 	shadow__ring_free(pl->decode);
 	shadow__ring_free(pl->copyq);
-	shadow__ring_free(pl->free_chunks);
 	doorbell_fini(&pl->decode_bell);
 	doorbell_fini(&pl->copy_bell);
 	doorbell_fini(&pl->save_bell);
-	shadow__pool_free(pl->rx_pool);
-	shadow__pool_free(pl->slot_pool);
+	shadow__pool_free(pl->buf_pool);
 	if (pl->mem != NULL)
 		shadow__copy_pool_free(pl->mem, pl->mem_nbytes, pl->cfg.pinned);
 	free(pl->chunks);
@@ -1408,6 +1409,83 @@ void shadow__pipeline_destroy(struct shadow__pipeline *pl)
 /* ------------------------------------------------------------------------------------------ */
 /* Regions                                                                                    */
 /* ------------------------------------------------------------------------------------------ */
+
+static uint64_t stage_align(uint64_t n)
+{
+	return (n + PL_STAGE_ALIGN - 1) & ~(uint64_t)(PL_STAGE_ALIGN - 1);
+}
+
+/*
+ * Lay out a staging area for region r (frame_nbytes, n_layers and max_runs set): the frames at
+ * a fixed pitch, then the copy plan's runs and rectangles, then the planner's scratch (one
+ * frame's runs and rectangles). Returns the bytes it needs. The sizes are bounded by the
+ * geometry limits (frames < 2^32 bytes, max_runs <= chunk tokens x heads), so no sum wraps.
+ */
+static uint64_t stage_layout(struct pl_region *r)
+{
+	uint64_t n_frames = 2 * (uint64_t)r->geom.n_layers;
+
+	r->frame_pitch = stage_align(r->frame_nbytes);
+	r->plan_runs = n_frames * r->max_runs;
+	r->plan_rects = (uint64_t)r->geom.n_layers * r->max_runs;
+	r->off_runs = n_frames * r->frame_pitch;
+	r->off_rects = stage_align(r->off_runs + r->plan_runs * sizeof(struct shadow_copy_run));
+	r->off_scratch_runs = stage_align(r->off_rects +
+					  r->plan_rects * sizeof(struct shadow__copy_rect));
+	r->off_scratch_rects = stage_align(r->off_scratch_runs +
+					   r->max_runs * sizeof(struct shadow_copy_run));
+	return r->off_scratch_rects + r->max_runs * sizeof(struct shadow__copy_rect);
+}
+
+/*
+ * Fill r's sizes from its geometry and layout (both set, the layout validated): blocks per
+ * chunk, frame and chunk bytes, the most runs a frame needs, and its staging area's layout,
+ * whose size goes to *stage_nbytes_ret. 0, -ENOMEM, or the planner's error.
+ */
+static int region_size(struct pl_region *r, uint64_t *stage_nbytes_ret)
+{
+	r->bpc = r->geom.chunk_tokens / r->geom.block_tokens;
+	r->frame_nbytes = shadow_geometry_frame_nbytes(&r->geom);
+	r->raw_nbytes = 2 * (uint64_t)r->geom.n_layers * r->frame_nbytes;
+	/* The most runs a frame can need: every block on its own (block ids may repeat, so no
+	 * two blocks of a chunk are assumed adjacent). */
+	uint32_t *zeros = calloc(r->bpc, sizeof(*zeros));
+	size_t n_runs = 0;
+	if (zeros == NULL)
+		return -ENOMEM;
+	int rc = shadow_layout_plan_frame(&r->layout, &r->geom, 0, SHADOW_KV_K, zeros, r->bpc,
+					  NULL, 0, &n_runs);
+	free(zeros);
+	if (rc < 0 && rc != -ENOBUFS)
+		return rc;
+	r->max_runs = (uint32_t)n_runs;
+	*stage_nbytes_ret = stage_layout(r);
+	return 0;
+}
+
+int shadow__pipeline_stage_size(const struct shadow_kv_geometry *geom,
+				const struct shadow_kv_layout *layout, uint64_t *stage_nbytes_ret,
+				uint64_t *frame_pitch_ret)
+{
+	struct pl_region r;
+	uint64_t need;
+	int rc;
+
+	if (geom == NULL || layout == NULL || stage_nbytes_ret == NULL || frame_pitch_ret == NULL)
+		return -EINVAL;
+	rc = shadow_layout_validate(layout, geom);
+	if (rc < 0)
+		return rc;
+	memset(&r, 0, sizeof(r));
+	r.geom = *geom;
+	r.layout = *layout;
+	rc = region_size(&r, &need);
+	if (rc < 0)
+		return rc;
+	*stage_nbytes_ret = (need + 4095) & ~(uint64_t)4095;
+	*frame_pitch_ret = r.frame_pitch;
+	return 0;
+}
 
 int shadow__pipeline_region_add(struct shadow__pipeline *pl, const struct shadow__region_spec *spec,
 				uint32_t *id_ret)
@@ -1433,29 +1511,16 @@ int shadow__pipeline_region_add(struct shadow__pipeline *pl, const struct shadow
 	r.geom = spec->geom;
 	r.layout = spec->layout;
 	r.ops = ops;
-	r.bpc = spec->geom.chunk_tokens / spec->geom.block_tokens;
-	r.frame_nbytes = shadow_geometry_frame_nbytes(&spec->geom);
-	r.raw_nbytes = 2 * (uint64_t)spec->geom.n_layers * r.frame_nbytes;
-	/* The most runs a frame can need: every block on its own (block ids may repeat, so no
-	 * two blocks of a chunk are assumed adjacent). */
-	uint32_t *zeros = calloc(r.bpc, sizeof(*zeros));
-	size_t n_runs = 0;
-	if (zeros == NULL)
-		return -ENOMEM;
-	rc = shadow_layout_plan_frame(&r.layout, &r.geom, 0, SHADOW_KV_K, zeros, r.bpc, NULL, 0,
-				      &n_runs);
-	free(zeros);
-	if (rc < 0 && rc != -ENOBUFS)
+	uint64_t need;
+	rc = region_size(&r, &need);
+	if (rc < 0)
 		return rc;
-	r.max_runs = (uint32_t)n_runs;
-	uint64_t need = ((r.frame_nbytes + PL_RUN_ALIGN - 1) & ~(uint64_t)(PL_RUN_ALIGN - 1)) +
-			(uint64_t)r.max_runs * sizeof(struct shadow_copy_run);
-	if (need > pl->cfg.slot_nbytes || r.raw_nbytes > pl->cfg.rx_nbytes ||
+	if (need > pl->cfg.stage_nbytes || r.raw_nbytes > pl->cfg.rx_nbytes ||
 	    (uint64_t)r.max_runs * sizeof(struct shadow_copy_run) > pl->cfg.rx_nbytes) {
-		SHADOW_LOGE("pipeline: region needs %llu-byte frame slots and %llu-byte chunk "
+		SHADOW_LOGE("pipeline: region needs %llu-byte staging areas and %llu-byte receive "
 			    "buffers (have %llu and %llu)", (unsigned long long)need,
 			    (unsigned long long)r.raw_nbytes,
-			    (unsigned long long)pl->cfg.slot_nbytes,
+			    (unsigned long long)pl->cfg.stage_nbytes,
 			    (unsigned long long)pl->cfg.rx_nbytes);
 		return SHADOW_ELIMIT;
 	}
@@ -1480,6 +1545,13 @@ int shadow__pipeline_region_add(struct shadow__pipeline *pl, const struct shadow
 	slot->bpc = r.bpc;
 	slot->max_runs = r.max_runs;
 	slot->frame_nbytes = r.frame_nbytes;
+	slot->frame_pitch = r.frame_pitch;
+	slot->off_runs = r.off_runs;
+	slot->off_rects = r.off_rects;
+	slot->off_scratch_runs = r.off_scratch_runs;
+	slot->off_scratch_rects = r.off_scratch_rects;
+	slot->plan_runs = r.plan_runs;
+	slot->plan_rects = r.plan_rects;
 	slot->raw_nbytes = r.raw_nbytes;
 	slot->geom = r.geom;
 	slot->layout = r.layout;
@@ -1615,9 +1687,7 @@ void shadow__pipeline_stats(struct shadow__pipeline *pl, struct shadow__pipeline
 	s->ns_copy = LD(ST_NS_COPY);
 	s->ns_save = LD(ST_NS_SAVE);
 #undef LD
-	s->rx_total = pl->n_rx;
-	s->rx_free = shadow__ring_count(pl->free_chunks);
-	shadow__pool_stats(pl->slot_pool, &ps);
-	s->slots_total = pl->n_slots;
-	s->slots_free = ps.n_available;
+	shadow__pool_stats(pl->buf_pool, &ps);
+	s->chunks_total = pl->n_chunks;
+	s->chunks_free = ps.n_available;
 }

@@ -6,22 +6,24 @@
  * DESIGN (the full picture, with the threads and rings, is in pipeline.c)
  *
  *   submit(op) --> op ring --> fetch threads ------> decode ring --> decode threads
- *                              (own store handle,    (frames whose    (own codec; a frame
- *                               GET into an rx        bytes landed)     slot from the pool)
- *                               buffer, on_data:                           |
- *                               parse, release                             v
- *                               frames)                 copy threads <-- copy ring
- *                                                        (copy backend: runs from the slot
- *                                                         into the region; slot recycled
- *                                                         when the copy completes)
+ *                              (own store handle,    (frames whose    (own codec; each frame
+ *                               GET into a chunk      bytes landed)     into its place in the
+ *                               buffer, on_data:                        chunk's staging area)
+ *                               parse, release                             | last frame:
+ *                               frames)                                    v plan the copy
+ *                                                       copy threads <-- copy ring (chunks)
+ *                                                        (copy backend: runs and 2D copies
+ *                                                         from the staging area into the
+ *                                                         region; buffer freed when the
+ *                                                         copy completes)
  *                                                               |
  *                      on_done(op) <-- last chunk of the op <---+
  *
- * Memory is fixed at creation: `pool_nbytes` is split into receive buffers (one per chunk in
- * flight, rx_nbytes each) and frame slots (slot_nbytes each), all in one block that is pinned
- * when the CUDA module is present. A chunk's GET starts only when a receive buffer is free, a
- * frame's decode only when a slot is free: occupancy-based admission, so memory never grows
- * with load and a request larger than the pool still completes, chunk by chunk.
+ * Memory is fixed at creation: `pool_nbytes` is split into chunk buffers, one per chunk in
+ * flight, each a receive buffer (rx_nbytes) and a staging area (stage_nbytes), all in one
+ * block that is pinned when the CUDA module is present. A chunk's GET starts only when a
+ * chunk buffer is free: occupancy-based admission, so memory never grows with load and a
+ * request larger than the pool still completes, chunk by chunk.
  */
 #ifndef SHADOW_PIPELINE_PIPELINE_H
 #define SHADOW_PIPELINE_PIPELINE_H
@@ -41,9 +43,10 @@ struct shadow__pipeline_config {
 	const char *store_url;            /* opened once per fetch and save thread */
 	struct shadow_store_options store_opts;
 	uint64_t pool_nbytes;             /* everything the data plane holds (default 1 GiB) */
-	uint64_t slot_nbytes;             /* a frame slot, >= the largest frame (default 1 MiB) */
-	uint64_t rx_nbytes;               /* a receive buffer, >= the largest chunk (default
-					     64 MiB) */
+	uint64_t rx_nbytes;               /* a receive buffer, >= the largest stored chunk
+					     (default 64 MiB) */
+	uint64_t stage_nbytes;            /* a staging area, >= the largest chunk's decoded KV
+					     plus its copy plan (default 64 MiB) */
 	uint32_t fetch_threads;           /* default 1; each with its own store connections */
 	uint32_t decode_threads;          /* default 2 */
 	uint32_t copy_threads;            /* default 1; each submits and reaps its own copies
@@ -74,7 +77,7 @@ bool shadow__pipeline_thread_cpus(const struct shadow__pipeline_config *cfg, uin
 
 /*
  * Create the pipeline and start its threads. Returns 0; -EINVAL (a bad field, a pool too
- * small for one receive buffer and two frame slots), store open errors (the first thread's),
+ * small for the save buffers and one chunk buffer), store open errors (the first thread's),
  * -ENOMEM, SHADOW_ENOGPU (pinned without the CUDA module).
  */
 int shadow__pipeline_create(const struct shadow__pipeline_config *cfg,
@@ -91,8 +94,20 @@ struct shadow__region_spec {
 };
 
 /*
+ * The staging area (rounded up to 4 KiB) that a chunk of a region with this geometry and
+ * layout needs: its decoded frames at *frame_pitch_ret apart, its copy plan and the planner's
+ * scratch. A pipeline takes the region when its stage_nbytes is at least that. 0; -EINVAL or
+ * SHADOW_EGEOMETRY (the layout does not validate); -ENOMEM. Pure: for callers that size a
+ * pipeline, such as bench/pipeline.
+ */
+int shadow__pipeline_stage_size(const struct shadow_kv_geometry *geom,
+				const struct shadow_kv_layout *layout, uint64_t *stage_nbytes_ret,
+				uint64_t *frame_pitch_ret) SHADOW_INTERNAL;
+
+/*
  * Register a region (any thread). Returns 0 and its id; SHADOW_EGEOMETRY (layout invalid for
- * the geometry), SHADOW_ELIMIT (a frame larger than slot_nbytes, or too many regions),
+ * the geometry), SHADOW_ELIMIT (a chunk larger than a receive buffer or, decoded with its
+ * copy plan, than a staging area; or too many regions),
  * SHADOW_ENOGPU (a cuda region without the CUDA module), the backend's region_open errors.
  */
 int shadow__pipeline_region_add(struct shadow__pipeline *pl, const struct shadow__region_spec *spec,
@@ -175,10 +190,9 @@ struct shadow__pipeline_stats {
 	uint64_t bytes_saved;       /* container bytes put */
 	uint64_t ns_fetch;          /* wall time GETs were in flight, summed */
 	uint64_t ns_decode;         /* decode thread time spent decoding */
-	uint64_t ns_copy;           /* copy submit to completion, summed per frame */
+	uint64_t ns_copy;           /* copy submit to completion, summed per chunk */
 	uint64_t ns_save;           /* save thread time spent encoding */
-	uint32_t rx_free, rx_total; /* receive buffers */
-	uint32_t slots_free, slots_total;
+	uint32_t chunks_free, chunks_total; /* chunk buffers: chunks that may be in flight */
 };
 void shadow__pipeline_stats(struct shadow__pipeline *pl, struct shadow__pipeline_stats *s)
 	SHADOW_INTERNAL;

@@ -321,8 +321,8 @@ static void daemon_start_listen(struct daemon *d, const char *store, const char 
 	/* Small buffers to match the small geometry (a chunk is ~130 KiB). */
 	argv[n++] = "--rx-size";
 	argv[n++] = "256KiB";
-	argv[n++] = "--slot-size";
-	argv[n++] = "64KiB";
+	argv[n++] = "--stage-size";
+	argv[n++] = "256KiB";
 	argv[n++] = "--decode-threads";
 	argv[n++] = "1";
 	va_start(ap, listen);
@@ -1117,7 +1117,8 @@ static void test_split_threads(void **state)
 	daemon_stop(&d);
 }
 
-/* --pool 1 (MiB): one receive buffer and four frame slots, against a 2 MiB request. */
+/* --pool 1 (MiB): the save thread's 512 KiB and one chunk buffer (256 KiB receive + 256 KiB
+ * staging), against a 2 MiB request. */
 static void test_small_pool(void **state)
 {
 	struct daemon d;
@@ -1127,9 +1128,7 @@ static void test_small_pool(void **state)
 	(void)state;
 
 	daemon_start(&d, "mem://", "--pool", "1", NULL);
-	assert_int_equal(metric(&d, "shadowd_pipeline_rx_buffers{state=\"total\"}"), 1);
-	long long slots = metric(&d, "shadowd_pipeline_slots{state=\"total\"}");
-	assert_true(slots >= 2 && slots <= 8);
+	assert_int_equal(metric(&d, "shadowd_pipeline_chunk_buffers{state=\"total\"}"), 1);
 	setup_open(&s, &d, 4);
 	uint64_t request_nbytes = 16ull * 64 * shadow_geometry_token_nbytes(&s.a.geom);
 	assert_true(request_nbytes > (1u << 20)); /* larger than the whole pool */
@@ -1139,8 +1138,7 @@ static void test_small_pool(void **state)
 	assert_int_equal(done.n_ok, 16);
 	assert_same_blocks(&s.a, &s.b, 0, 16);
 	/* The pool is what it was: nothing grew, everything is free again. */
-	assert_int_equal(metric(&d, "shadowd_pipeline_rx_buffers{state=\"free\"}"), 1);
-	assert_int_equal(metric(&d, "shadowd_pipeline_slots{state=\"free\"}"), slots);
+	assert_int_equal(metric(&d, "shadowd_pipeline_chunk_buffers{state=\"free\"}"), 1);
 	setup_close(&s);
 	free(tokens);
 	daemon_stop(&d);
@@ -1228,8 +1226,8 @@ static void test_client_killed(void **state)
 	assert_status(done.status, 0);
 	assert_int_equal(done.n_ok, 16);
 	assert_same_blocks(&s.a, &s.b, 0, 16);
-	assert_int_equal(metric(&d, "shadowd_pipeline_rx_buffers{state=\"free\"}"),
-			 metric(&d, "shadowd_pipeline_rx_buffers{state=\"total\"}"));
+	assert_int_equal(metric(&d, "shadowd_pipeline_chunk_buffers{state=\"free\"}"),
+			 metric(&d, "shadowd_pipeline_chunk_buffers{state=\"total\"}"));
 	setup_close(&s);
 	free(tokens);
 	daemon_stop(&d);

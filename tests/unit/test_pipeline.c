@@ -156,8 +156,8 @@ static double compare(struct fixture *f, const uint32_t *ida, const uint32_t *id
 	return worst / mag;
 }
 
-static int setup_with(void **state, const char *scheme, uint64_t pool, uint64_t rx, uint64_t slot,
-		      uint32_t decode, uint32_t copy)
+static int setup_with(void **state, const char *scheme, uint64_t pool, uint64_t rx,
+		      uint64_t stage, uint32_t decode, uint32_t copy)
 {
 	static int n;
 	struct fixture *f = calloc(1, sizeof(*f));
@@ -187,7 +187,7 @@ static int setup_with(void **state, const char *scheme, uint64_t pool, uint64_t 
 	cfg.store_url = f->url;
 	cfg.pool_nbytes = pool;
 	cfg.rx_nbytes = rx;
-	cfg.slot_nbytes = slot;
+	cfg.stage_nbytes = stage;
 	cfg.decode_threads = decode;
 	cfg.copy_threads = copy;
 	cfg.save_scheme = scheme;
@@ -201,25 +201,26 @@ static int setup_with(void **state, const char *scheme, uint64_t pool, uint64_t 
 
 static int setup_lossless(void **state)
 {
-	return setup_with(state, "bf16planes+zstd1", 8u << 20, 1u << 20, 64u << 10, 2, 1);
+	return setup_with(state, "bf16planes+zstd1", 8u << 20, 1u << 20, 256u << 10, 2, 1);
 }
 
-/* Three copy threads: frames of one chunk are copied (and reaped) by different threads. */
+/* Three copy threads: chunks of one op are copied (and reaped) by different threads. */
 static int setup_copy_threads(void **state)
 {
-	return setup_with(state, "bf16planes+zstd1", 8u << 20, 1u << 20, 64u << 10, 2, 3);
+	return setup_with(state, "bf16planes+zstd1", 8u << 20, 1u << 20, 256u << 10, 2, 3);
 }
 
 static int setup_int8(void **state)
 {
-	return setup_with(state, "int8+zstd1", 8u << 20, 1u << 20, 64u << 10, 2, 1);
+	return setup_with(state, "int8+zstd1", 8u << 20, 1u << 20, 256u << 10, 2, 1);
 }
 
-/* One receive buffer and two frame slots: less than one op of four chunks. */
+/* The save buffers and one chunk buffer (1 MiB receive, 256 KiB staging for a 192 KiB
+ * chunk): less than one op of four chunks. */
 static int setup_tiny_pool(void **state)
 {
-	return setup_with(state, "bf16planes+zstd1", 2 * (1u << 20) + (1u << 20) + 2 * (64u << 10),
-			  1u << 20, 64u << 10, 1, 1);
+	return setup_with(state, "bf16planes+zstd1", 2 * (1u << 20) + (1u << 20) + (256u << 10),
+			  1u << 20, 256u << 10, 1, 1);
 }
 
 static int teardown(void **state)
@@ -302,8 +303,8 @@ static void test_round_trip_lossless(void **state)
 	shadow__pipeline_stats(f->pl, &s);
 	assert_int_equal(s.chunks_ok, 2 * N_CHUNKS);
 	assert_true(s.bytes_decoded == (uint64_t)N_CHUNKS * 2 * f->geom.n_layers * 64 * 2 * 128 * 2);
-	assert_int_equal(s.slots_free, s.slots_total); /* every slot came back */
-	assert_int_equal(s.rx_free, s.rx_total);
+	assert_int_equal(s.chunks_free, s.chunks_total); /* every chunk buffer came back */
+	assert_int_equal(s.chunks_total, 4);
 }
 
 /* int8 with per-group scales: half a step of the largest group range, relative to it. */
@@ -410,6 +411,23 @@ static void test_miss_corrupt_foreign(void **state)
 	for (uint64_t i = 0; i < f->b.spec.mem.nbytes; i++)
 		if (f->b.map[i] != 0)
 			fail_msg("byte %llu of the region written", (unsigned long long)i);
+
+	/* Chunk 0's own container with its last byte (in the last frame's payload) flipped:
+	 * every other frame decodes and passes its checksum, and still nothing of the chunk
+	 * reaches the region, because a chunk is copied only once all its frames passed. */
+	val[get.value_nbytes - 1] ^= 0x40;
+	put.key = key0;
+	assert_int_equal(shadow_store_submit(s, &put), 0);
+	assert_int_equal(shadow_store_wait(s, &put), 0);
+	op_init(&op, f, SHADOW__OP_FETCH, f->b.id, 0, 1, ids_b, st);
+	atomic_store(&g_done, 0);
+	assert_int_equal(shadow__pipeline_submit(f->pl, &op), 0);
+	wait_ops(1);
+	assert_int_equal(st[0], SHADOW_CHUNK_CORRUPT);
+	for (uint64_t i = 0; i < f->b.spec.mem.nbytes; i++)
+		if (f->b.map[i] != 0)
+			fail_msg("byte %llu of the region written by a corrupt chunk",
+				 (unsigned long long)i);
 	shadow_store_close(s);
 }
 
@@ -537,7 +555,7 @@ static void check_pinning(const cpu_set_t *cpus)
 	cfg.store_url = "mem://test-pipeline-pin";
 	cfg.pool_nbytes = 8u << 20;
 	cfg.rx_nbytes = 1u << 20;
-	cfg.slot_nbytes = 64u << 10;
+	cfg.stage_nbytes = 256u << 10;
 	cfg.decode_threads = 1;
 	cfg.cpus = cpus;
 	n0 = task_ids(before, 64);
@@ -612,6 +630,7 @@ static void test_config_errors(void **state)
 	cfg.save_scheme = "no-such-scheme";
 	cfg.pool_nbytes = 8u << 20;
 	cfg.rx_nbytes = 1u << 20;
+	cfg.stage_nbytes = 256u << 10;
 	assert_true(shadow__pipeline_create(&cfg, &pl) < 0);
 	cfg.save_scheme = NULL;
 	cfg.store_url = "nosuch://x";

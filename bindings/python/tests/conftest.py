@@ -95,7 +95,7 @@ class Daemon:
         self.log_path = os.path.join(self.dir, "shadowd.log")
         args = [binary, "--store", store, "--listen", "unix:%s/s.sock" % self.dir,
                 "--log-level", "warn", "--pool", "16", "--rx-size", "256KiB",
-                "--slot-size", "64KiB", "--decode-threads", "1"] + list(extra)
+                "--stage-size", "256KiB", "--decode-threads", "1"] + list(extra)
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log,
                                      preexec_fn=_die_with_parent)
