@@ -23,6 +23,10 @@
  *                  source pitch to H destination blocks at a regular pitch (one chunk's
  *                  frames into one paged block of a layer-regular layout), the operations
  *                  at random places
+ *   2D ops H       one cudaMemcpy2DAsync per H blocks: H lines from a regular source pitch
+ *                  to H destination blocks at a regular pitch, the operations at random
+ *                  places (one chunk's frames into one paged block of a layer-regular
+ *                  layout, issued the way cudaMemcpy3DBatchAsync's operations are not)
  *   issue us/call  host time spent inside the batch calls, per call
  */
 #include <cuda_runtime.h>
@@ -55,10 +59,11 @@ struct plan {
 	void **dsts;
 	const void **srcs;
 	size_t *sizes;
-	size_t *perm3d; /* a permutation of the 3D operations' places */
+	size_t *perm3d; /* a permutation of the places of operations of 4 lines */
+	size_t *perm_h[65]; /* by lines per operation H: a permutation of [0, n / H) */
 };
 
-enum mode { CONTIG, PER_COPY, BATCH, TWO_D, THREADS, BATCH3D };
+enum mode { CONTIG, PER_COPY, BATCH, TWO_D, THREADS, BATCH3D, TWO_D_OPS };
 
 struct variant {
 	const char *name;
@@ -141,7 +146,7 @@ static void run_once(const struct variant *v, const struct plan *p, char *dev, c
 				o->dst.type = cudaMemcpyOperandTypePointer;
 				/* the op's H destination blocks: its first block's slot, then every
 				 * other slot (pitch 2 blocks), inside a region 2H blocks wide */
-				o->dst.op.ptr.ptr = dev + (size_t)(p->perm3d[i + k]) * 2 * h * p->block;
+				o->dst.op.ptr.ptr = dev + (size_t)(p->perm_h[h][i + k]) * 2 * h * p->block;
 				o->dst.op.ptr.rowLength = 2 * p->block;
 				o->extent = make_cudaExtent(p->block, h, 1);
 				o->srcAccessOrder = cudaMemcpySrcAccessOrderStream;
@@ -149,6 +154,19 @@ static void run_once(const struct variant *v, const struct plan *p, char *dev, c
 			}
 			double t0 = now_s();
 			CHECK(cudaMemcpy3DBatchAsync(c, ops, 0, streams[0]));
+			issue_s += now_s() - t0;
+			issue_calls++;
+		}
+		break;
+	}
+	case TWO_D_OPS: {
+		/* v->flags carries H, the lines per operation; the same places as BATCH3D */
+		size_t h = v->flags, n_ops = p->n / h;
+		for (size_t i = 0; i < n_ops; i++) {
+			double t0 = now_s();
+			CHECK(cudaMemcpy2DAsync(dev + (size_t)(p->perm_h[h][i]) * 2 * h * p->block,
+						2 * p->block, p->srcs[i * h], p->block, p->block, h,
+						cudaMemcpyHostToDevice, streams[0]));
 			issue_s += now_s() - t0;
 			issue_calls++;
 		}
@@ -222,6 +240,11 @@ int main(int argc, char **argv)
 		{ "2D regular", TWO_D, 0, 1, 0, ST },
 		{ "3D batch 12x16", BATCH3D, 16, 1, 12, ST },
 		{ "3D batch 12x128", BATCH3D, 128, 1, 12, ST },
+		{ "3D batch 32x128", BATCH3D, 128, 1, 32, ST },
+		{ "2D ops 4", TWO_D_OPS, 0, 1, 4, ST },
+		{ "2D ops 16", TWO_D_OPS, 0, 1, 16, ST },
+		{ "2D ops 32", TWO_D_OPS, 0, 1, 32, ST },
+		{ "2D ops 64", TWO_D_OPS, 0, 1, 64, ST },
 	};
 
 	for (size_t b = 0; b < sizeof(blocks) / sizeof(blocks[0]); b++) {
@@ -241,7 +264,7 @@ int main(int argc, char **argv)
 			perm[i] = perm[j];
 			perm[j] = t;
 		}
-		size_t n3d = p.n / 12;
+		size_t n3d = p.n / 4; /* operations of 4 or more lines */
 		p.perm3d = (size_t *)malloc((n3d + 1) * sizeof(size_t));
 		for (size_t i = 0; i < n3d; i++)
 			p.perm3d[i] = i;
@@ -249,6 +272,16 @@ int main(int argc, char **argv)
 			size_t j = (size_t)rand() % (i + 1), t = p.perm3d[i];
 			p.perm3d[i] = p.perm3d[j];
 			p.perm3d[j] = t;
+		}
+		/* Of a random permutation, the elements below m are a random permutation of
+		 * [0, m) in their order. */
+		const size_t hs[] = { 4, 12, 16, 32, 64 };
+		for (size_t k = 0; k < sizeof(hs) / sizeof(hs[0]); k++) {
+			size_t m = p.n / hs[k], j = 0;
+			p.perm_h[hs[k]] = (size_t *)malloc((m + 1) * sizeof(size_t));
+			for (size_t i = 0; i < n3d; i++)
+				if (p.perm3d[i] < m)
+					p.perm_h[hs[k]][j++] = p.perm3d[i];
 		}
 		for (size_t i = 0; i < p.n; i++) {
 			p.dsts[i] = dev + perm[i] * p.block;
@@ -277,6 +310,8 @@ int main(int argc, char **argv)
 		}
 		free(perm);
 		free(p.perm3d);
+		for (size_t k = 0; k < sizeof(hs) / sizeof(hs[0]); k++)
+			free(p.perm_h[hs[k]]);
 		free(p.dsts);
 		free(p.srcs);
 		free(p.sizes);
