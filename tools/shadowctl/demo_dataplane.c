@@ -398,9 +398,9 @@ int shadowctl_demo_dataplane(void)
 	       (unsigned long long)bad);
 	if (d.metrics[0] != '\0') {
 		/* shadowd's per-stage counters: fetch = GET time per chunk, decode and save = time
-		 * spent decoding / encoding, copy = submit-to-completion per frame; each summed. */
-		printf("  shadowd stage seconds, summed over chunks and frames: fetch %.3f, decode "
-		       "%.3f, copy %.3f, save %.3f\n",
+		 * spent decoding / encoding, copy = submit-to-completion per chunk; each summed. */
+		printf("  shadowd stage seconds, summed over chunks: fetch %.3f, decode %.3f, "
+		       "copy %.3f, save %.3f\n",
 		       metric(&d, "shadowd_pipeline_seconds_total{stage=\"fetch\"}"),
 		       metric(&d, "shadowd_pipeline_seconds_total{stage=\"decode\"}"),
 		       metric(&d, "shadowd_pipeline_seconds_total{stage=\"copy\"}"),
