@@ -87,6 +87,18 @@ struct shadow__copy_job {
 	void *user;                          /* handed back by reap() */
 };
 
+/* Every run inside [0, region_nbytes) on its region side. */
+bool shadow__copy_runs_fit(const struct shadow_copy_run *runs, uint32_t n_runs,
+			   uint64_t region_nbytes) SHADOW_INTERNAL;
+
+/*
+ * The check a backend makes of a job before it copies any of it: the arrays present where
+ * counted, every run inside [0, region_nbytes) and every rectangle well formed and inside.
+ * 0, or -EINVAL (logged, rate-limited, with `backend`'s name).
+ */
+int shadow__copy_job_check(const struct shadow__copy_job *job, uint64_t region_nbytes,
+			   const char *backend) SHADOW_INTERNAL;
+
 /* A chunk's copy: the caller's arrays and their capacities; the counts are outputs. */
 struct shadow__copy_plan {
 	struct shadow_copy_run *runs;

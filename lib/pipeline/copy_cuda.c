@@ -275,20 +275,6 @@ static void cuda_ctx_destroy(struct shadow__copy_ctx *ctx)
 	free(ctx);
 }
 
-/* Every run inside [0, region_nbytes) on its region side; false at the first that is not. */
-static bool cuda_runs_fit(const struct shadow_copy_run *runs, uint32_t n_runs,
-			  uint64_t region_nbytes)
-{
-	for (uint32_t i = 0; i < n_runs; i++) {
-		uint64_t end;
-
-		if (!shadow_add_u64(runs[i].dst_offset, runs[i].nbytes, &end) ||
-		    end > region_nbytes)
-			return false;
-	}
-	return true;
-}
-
 typedef int (*cuda_batch_fn)(void *stream, void *const *dsts, const void *const *srcs,
 			     const size_t *sizes, size_t count);
 
@@ -413,24 +399,11 @@ static int cuda_submit(struct shadow__copy_ctx *ctx, const struct shadow__copy_j
 
 	if (ctx->tail - ctx->head >= SHADOW__COPY_INFLIGHT_MAX)
 		return -EAGAIN;
-	if (r == NULL || (job->n_runs > 0 && (job->runs == NULL || job->src == NULL)) ||
-	    (job->n_rects > 0 && (job->rects == NULL || job->src == NULL)))
+	if (r == NULL)
 		return -EINVAL;
-	if (!cuda_runs_fit(job->runs, job->n_runs, r->nbytes)) {
-		SHADOW_LOG_RATELIMITED(SHADOW_LOG_ERROR,
-				       "cuda copy: a run ends beyond the %llu-byte region",
-				       (unsigned long long)r->nbytes);
-		return -EINVAL;
-	}
-	for (uint32_t i = 0; i < job->n_rects; i++) {
-		if (!shadow__copy_rect_fits(&job->rects[i], r->nbytes)) {
-			SHADOW_LOG_RATELIMITED(SHADOW_LOG_ERROR,
-					       "cuda copy: a malformed rectangle, or one that ends "
-					       "beyond the %llu-byte region",
-					       (unsigned long long)r->nbytes);
-			return -EINVAL;
-		}
-	}
+	err = shadow__copy_job_check(job, r->nbytes, "cuda");
+	if (err != 0)
+		return err;
 	/* A group goes to one device and stays within one call. */
 	if (ctx->pending_lane != NULL &&
 	    (ctx->pending_lane != &ctx->lanes[r->device] ||
@@ -517,7 +490,7 @@ static int cuda_read(struct shadow__copy_ctx *ctx, struct shadow__copy_region *r
 
 	if (r == NULL || (n_runs > 0 && (runs == NULL || dst == NULL)))
 		return -EINVAL;
-	if (!cuda_runs_fit(runs, n_runs, r->nbytes)) {
+	if (!shadow__copy_runs_fit(runs, n_runs, r->nbytes)) {
 		SHADOW_LOG_RATELIMITED(SHADOW_LOG_ERROR,
 				       "cuda read: a run ends beyond the %llu-byte region",
 				       (unsigned long long)r->nbytes);

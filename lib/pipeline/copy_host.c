@@ -133,45 +133,19 @@ static void host_ctx_destroy(struct shadow__copy_ctx *ctx)
 	free(ctx); /* nothing is ever in flight: every job finished inside submit() */
 }
 
-/* Every run inside [0, region_nbytes) on its region side; false at the first that is not. */
-static bool host_runs_fit(const struct shadow_copy_run *runs, uint32_t n_runs,
-			  uint64_t region_nbytes)
-{
-	for (uint32_t i = 0; i < n_runs; i++) {
-		uint64_t end;
-
-		if (!shadow_add_u64(runs[i].dst_offset, runs[i].nbytes, &end) ||
-		    end > region_nbytes)
-			return false;
-	}
-	return true;
-}
-
 static int host_submit(struct shadow__copy_ctx *ctx, const struct shadow__copy_job *job)
 {
 	struct shadow__copy_region *r = job->region;
 	const uint8_t *src = job->src;
+	int err;
 
 	if (ctx->tail - ctx->head >= SHADOW__COPY_INFLIGHT_MAX)
 		return -EAGAIN;
-	if (r == NULL || (job->n_runs > 0 && (job->runs == NULL || src == NULL)) ||
-	    (job->n_rects > 0 && (job->rects == NULL || src == NULL)))
+	if (r == NULL)
 		return -EINVAL;
-	if (!host_runs_fit(job->runs, job->n_runs, r->nbytes)) {
-		SHADOW_LOG_RATELIMITED(SHADOW_LOG_ERROR,
-				       "host copy: a run ends beyond the %llu-byte region",
-				       (unsigned long long)r->nbytes);
-		return -EINVAL;
-	}
-	for (uint32_t i = 0; i < job->n_rects; i++) {
-		if (!shadow__copy_rect_fits(&job->rects[i], r->nbytes)) {
-			SHADOW_LOG_RATELIMITED(SHADOW_LOG_ERROR,
-					       "host copy: a malformed rectangle, or one that ends "
-					       "beyond the %llu-byte region",
-					       (unsigned long long)r->nbytes);
-			return -EINVAL;
-		}
-	}
+	err = shadow__copy_job_check(job, r->nbytes, "host");
+	if (err != 0)
+		return err;
 	for (uint32_t i = 0; i < job->n_runs; i++)
 		memcpy(r->base + job->runs[i].dst_offset, src + job->runs[i].src_offset,
 		       (size_t)job->runs[i].nbytes);
@@ -221,7 +195,7 @@ static int host_read(struct shadow__copy_ctx *ctx, struct shadow__copy_region *r
 	(void)ctx;
 	if (r == NULL || (n_runs > 0 && (runs == NULL || dst == NULL)))
 		return -EINVAL;
-	if (!host_runs_fit(runs, n_runs, r->nbytes)) {
+	if (!shadow__copy_runs_fit(runs, n_runs, r->nbytes)) {
 		SHADOW_LOG_RATELIMITED(SHADOW_LOG_ERROR,
 				       "host read: a run ends beyond the %llu-byte region",
 				       (unsigned long long)r->nbytes);

@@ -1,6 +1,6 @@
 /*
  * copy_plan.c - the copy of a whole staged chunk as few copy operations as its layout allows
- * (copy.h, shadow__copy_plan_chunk).
+ * (copy.h, shadow__copy_plan_chunk), and the checks every copy backend makes of a job.
  *
  * DESIGN
  *
@@ -43,6 +43,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "core/log.h"
 #include "pipeline/copy.h"
 
 /* Close the open group: its rectangles of height 1 as runs, the others as rectangles. */
@@ -164,4 +165,41 @@ bool shadow__copy_rect_fits(const struct shadow__copy_rect *rect, uint64_t regio
 	       shadow_mul_u64(rect->height - 1, rect->dst_pitch, &last) &&
 	       shadow_add_u64(rect->dst_offset, last, &last) &&
 	       shadow_add_u64(last, rect->width, &end) && end <= region_nbytes;
+}
+
+bool shadow__copy_runs_fit(const struct shadow_copy_run *runs, uint32_t n_runs,
+			   uint64_t region_nbytes)
+{
+	for (uint32_t i = 0; i < n_runs; i++) {
+		uint64_t end;
+
+		if (!shadow_add_u64(runs[i].dst_offset, runs[i].nbytes, &end) ||
+		    end > region_nbytes)
+			return false;
+	}
+	return true;
+}
+
+int shadow__copy_job_check(const struct shadow__copy_job *job, uint64_t region_nbytes,
+			   const char *backend)
+{
+	if ((job->n_runs > 0 && (job->runs == NULL || job->src == NULL)) ||
+	    (job->n_rects > 0 && (job->rects == NULL || job->src == NULL)))
+		return -EINVAL;
+	if (!shadow__copy_runs_fit(job->runs, job->n_runs, region_nbytes)) {
+		SHADOW_LOG_RATELIMITED(SHADOW_LOG_ERROR,
+				       "%s copy: a run ends beyond the %llu-byte region", backend,
+				       (unsigned long long)region_nbytes);
+		return -EINVAL;
+	}
+	for (uint32_t i = 0; i < job->n_rects; i++) {
+		if (!shadow__copy_rect_fits(&job->rects[i], region_nbytes)) {
+			SHADOW_LOG_RATELIMITED(SHADOW_LOG_ERROR,
+					       "%s copy: a malformed rectangle, or one that ends "
+					       "beyond the %llu-byte region", backend,
+					       (unsigned long long)region_nbytes);
+			return -EINVAL;
+		}
+	}
+	return 0;
 }
