@@ -361,6 +361,14 @@ static void test_many_ops_and_tiny_pool(void **state)
 	}
 }
 
+/* No byte of region r was written (it was zeroed before). */
+static void assert_region_zero(const struct region *r)
+{
+	for (uint64_t i = 0; i < r->spec.mem.nbytes; i++)
+		if (r->map[i] != 0)
+			fail_msg("byte %llu of the region written", (unsigned long long)i);
+}
+
 static void test_miss_corrupt_foreign(void **state)
 {
 	struct fixture *f = *state;
@@ -413,9 +421,7 @@ static void test_miss_corrupt_foreign(void **state)
 	wait_ops(1);
 	assert_int_equal(st[0], SHADOW_CHUNK_CORRUPT);
 	/* Nothing of a chunk that failed its metadata check reached the region. */
-	for (uint64_t i = 0; i < f->b.spec.mem.nbytes; i++)
-		if (f->b.map[i] != 0)
-			fail_msg("byte %llu of the region written", (unsigned long long)i);
+	assert_region_zero(&f->b);
 
 	/* Chunk 0's own container with its last byte (in the last frame's payload) flipped:
 	 * every other frame decodes and passes its checksum, and still nothing of the chunk
@@ -429,10 +435,7 @@ static void test_miss_corrupt_foreign(void **state)
 	assert_int_equal(shadow__pipeline_submit(f->pl, &op), 0);
 	wait_ops(1);
 	assert_int_equal(st[0], SHADOW_CHUNK_CORRUPT);
-	for (uint64_t i = 0; i < f->b.spec.mem.nbytes; i++)
-		if (f->b.map[i] != 0)
-			fail_msg("byte %llu of the region written by a corrupt chunk",
-				 (unsigned long long)i);
+	assert_region_zero(&f->b);
 	shadow_store_close(s);
 }
 
