@@ -64,7 +64,7 @@ static int usage(FILE *out)
 		"  --pool MIB             data-plane memory in MiB, or a size like 512MiB\n"
 		"                         (SHADOW_POOL; default 1024)\n"
 		"  --stage-size SIZE      a chunk's staging area, >= its decoded KV and copy plan\n"
-		"                         (SHADOW_STAGE_SIZE; 64MiB)\n"
+		"                         (SHADOW_STAGE_SIZE; default 64MiB)\n"
 		"  --rx-size SIZE         chunk receive buffer, >= the largest chunk\n"
 		"                         (SHADOW_RX_SIZE; default 64MiB)\n"
 		"  --fetch-threads N      (SHADOW_FETCH_THREADS; default 1)\n"

@@ -172,7 +172,8 @@ struct shadow_client_memory {
  * *region_id_ret; the client must not free the memory before unregistering (or closing).
  * Set-up call: any thread, one round trip.
  * Returns 0; SHADOW_EGEOMETRY (geometry or layout invalid), SHADOW_ELIMIT (too many regions,
- * or frames larger than the daemon's slots), SHADOW_ENOGPU (a CUDA region and no GPU there),
+ * or chunks larger than the daemon's receive buffers or staging areas: shadowd --rx-size and
+ * --stage-size), SHADOW_ENOGPU (a CUDA region and no GPU there),
  * SHADOW_EUNSUPPORTED (a HOST region over TCP), -EPERM (the fd cannot be sealed), -EINVAL,
  * -ETIMEDOUT, -EPIPE / -ECONNRESET.
  */

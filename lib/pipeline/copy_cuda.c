@@ -2,8 +2,8 @@
  * copy_cuda.c - the cuda copy backend (copy.h): the region is GPU memory a client exported
  * with a CUDA IPC handle; a job is one batched host-to-device copy of its runs and one 2D copy
  * per rectangle from pinned staging memory, issued on one of the context's streams and
- * finished when an event recorded after it has fired. Everything CUDA goes through the dlopen()ed module's ops (gpu/gpu.h): no CUDA
- * header here, and never a kernel.
+ * finished when an event recorded after it has fired. Everything CUDA goes through the
+ * dlopen()ed module's ops (gpu/gpu.h): no CUDA header here, and never a kernel.
  *
  * DESIGN
  *
@@ -25,8 +25,9 @@
  * device), issues the rectangles at once (one 2D copy each, on the stream the group's flush
  * will use) and appends the runs to the context's dst/src/size arrays; flush() issues every
  * run queued since the last flush with ONE memcpy_h2d_batch call (cudaMemcpyBatchAsync) and
- * records one event after it, which every job of that group waits on. The caller flushes after each burst of submits;
- * submit flushes by itself when the arrays would overflow or the device changes. The arrays
+ * records one event after it, which every job of that group waits on. The caller flushes
+ * after each burst of submits; submit flushes by itself when the arrays would overflow or the
+ * device changes. The arrays
  * are read during the call only, so one set per context serves every group; a job with more
  * than CUDA_COPY_BATCH_MAX runs is issued alone as several batch calls on one stream before
  * its event, never refused. Zero-byte runs are skipped. The copies of a batch run in no set order,
@@ -37,10 +38,10 @@
  * events exist: events are created at the first use of each (device, slot).
  *
  * If issuing fails half-way, submit() waits for the stream before returning the error, so
- * that the caller may recycle the job's source slot at once. A copy that fails on the device
+ * that the caller may reuse the job's source memory at once. A copy that fails on the device
  * is reported at reap() with SHADOW_ECUDA.
  *
- * The source slots must be pinned (shadow__copy_pool_alloc(pinned=true)): that is the
+ * The source memory must be pinned (shadow__copy_pool_alloc(pinned=true)): that is the
  * caller's duty; from pageable memory CUDA copies synchronously and at a fraction of the
  * rate (6 GB/s against 48 GB/s on the H100 host).
  *
@@ -71,7 +72,7 @@
  * has returned: on the H100 host calls of 32-256 scattered copies moved 8 KiB blocks at
  * 8.1-8.4 GB/s, 32 KiB at 33-34 and 128 KiB at 52-53, against 7.0, 26 and 39 GB/s in calls of
  * 4096 (bench/research/copy_lab.cu, docs/results.md). Each group also gets its own event, so
- * its slots come back sooner. */
+ * its source memory comes back sooner. */
 #define CUDA_COPY_BATCH_MAX 128u
 #define CUDA_COPY_DEVICES_MAX 16u /* device ordinals a context can copy to */
 

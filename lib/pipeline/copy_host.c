@@ -1,7 +1,8 @@
 /*
  * copy_host.c - the host copy backend (copy.h): the region is host memory a client shares as
  * an fd (a memfd), mapped into this process; a job is a memcpy of each run and of each line
- * of its rectangles. Also the pipeline pool's memory (shadow__copy_pool_alloc), shared by both backends.
+ * of its rectangles. Also the pipeline pool's memory (shadow__copy_pool_alloc), shared by
+ * both backends.
  *
  * DESIGN
  *

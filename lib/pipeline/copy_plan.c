@@ -33,9 +33,11 @@
  * split across groups would only make more operations.
  *
  * Output order: group after group, run order within a group; the lines of one rectangle
- * never overlap (pitch >= width). Two runs of one chunk overlap in the region only where a
- * block id repeats in the block table, and then which one wins is not defined (a batch of
- * CUDA copies runs in no set order anyway).
+ * never overlap (pitch >= width). Two runs of one chunk may overlap in the region where a
+ * block id repeats in the block table or where the layout lets two (layer, kind) ranges
+ * alias (validation allows it: the client's business); which one wins is then not defined (a
+ * batch of CUDA copies runs in no set order anyway), and every write stays inside the
+ * region.
  *
  * Hot path: runs once per chunk on a decode thread; no allocation (the caller's scratch),
  * O(frames x runs) work.

@@ -12,9 +12,10 @@
  *   decode x decode_threads  pops frames; decompresses, verifies and dequantizes each straight
  *                            into its place in the chunk's staging area (one codec per thread
  *                            and geometry). Frames of one chunk decode in parallel. The thread
- *                            that finishes a chunk's last frame plans the chunk's copy (runs
- *                            and rectangles, copy_plan.c) and pushes the chunk to the copy
- *                            ring.
+ *                            that drops a chunk's last reference (usually the one that
+ *                            decoded its last frame; the fetch thread when the GET completes
+ *                            later) plans the chunk's copy (runs and rectangles,
+ *                            copy_plan.c) and pushes the chunk to the copy ring.
  *   copy   x copy_threads    pops chunks, submits them to the region's copy backend (a copy
  *                            context of its own: a CUDA stream per thread), reaps its
  *                            finished copies and frees their chunk buffers. More than one
@@ -56,8 +57,9 @@
  *
  * Failure: a chunk's first failure wins (chunk->status, compare-and-swap). Frames of a failed
  * chunk (or of a cancelled op) that have not been decoded yet are skipped, so a corrupt chunk
- * costs no more decode work, and a chunk that failed is never copied: no byte of it reaches
- * the region.
+ * costs no more decode work, and a chunk that failed to fetch or decode is never copied: no
+ * byte of it reaches the region. A copy that fails (a CUDA error) may have written part of
+ * its chunk, which then reports an error.
  */
 #include <errno.h>
 #include <poll.h>
@@ -161,7 +163,7 @@ struct pl_region {
 	uint32_t bpc;                    /* blocks per chunk */
 	uint32_t max_runs;               /* runs of one frame, at most */
 	uint64_t frame_nbytes;           /* a frame's staging image */
-	/* A staging area for this region's chunks (pl_stage_layout). */
+	/* A staging area for this region's chunks (stage_layout). */
 	uint64_t frame_pitch;            /* frame f at f * frame_pitch */
 	uint64_t off_runs, off_rects, off_scratch_runs, off_scratch_rects;
 	uint64_t plan_runs, plan_rects;  /* capacities of the plan's arrays */
@@ -763,8 +765,14 @@ static void *decode_main(void *arg)
 			decode_one(t, obj);
 			continue;
 		}
-		if (decode_may_exit(pl))
-			break;
+		if (decode_may_exit(pl)) {
+			/* A fetch thread may have released a frame between the dequeue above and
+			 * its exit: look once more now that none is alive (acquire), or that
+			 * frame's chunk would never finish. */
+			if (shadow__ring_count(pl->decode) == 0)
+				break;
+			continue;
+		}
 		doorbell_wait(&pl->decode_bell, decode_ready, pl, 100);
 	}
 	atomic_fetch_sub_explicit(&pl->decoders_alive, 1, memory_order_release);
@@ -1517,9 +1525,11 @@ int shadow__pipeline_region_add(struct shadow__pipeline *pl, const struct shadow
 		return rc;
 	if (need > pl->cfg.stage_nbytes || r.raw_nbytes > pl->cfg.rx_nbytes ||
 	    (uint64_t)r.max_runs * sizeof(struct shadow_copy_run) > pl->cfg.rx_nbytes) {
-		SHADOW_LOGE("pipeline: region needs %llu-byte staging areas and %llu-byte receive "
-			    "buffers (have %llu and %llu)", (unsigned long long)need,
-			    (unsigned long long)r.raw_nbytes,
+		SHADOW_LOGE("pipeline: region needs %llu-byte staging areas and receive buffers "
+			    "of at least %llu bytes (its chunk's KV, and the save path's copy "
+			    "runs); have %llu and %llu", (unsigned long long)need,
+			    (unsigned long long)SHADOW_MAX(r.raw_nbytes, (uint64_t)r.max_runs *
+						   sizeof(struct shadow_copy_run)),
 			    (unsigned long long)pl->cfg.stage_nbytes,
 			    (unsigned long long)pl->cfg.rx_nbytes);
 		return SHADOW_ELIMIT;
