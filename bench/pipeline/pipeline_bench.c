@@ -189,7 +189,7 @@ struct options {
 	uint32_t n_chunks;
 	uint32_t op_chunks;   /* 0: one sequence */
 	uint32_t inflight;
-	uint32_t fetch_threads, copy_threads, block_tokens;
+	uint32_t fetch_threads, copy_threads, block_tokens, layers;
 	uint64_t pool_nbytes;
 	double gb, min_time, max_time;
 	const char *csv_path, *redis_url, *malloc_conf;
@@ -341,6 +341,8 @@ static void usage(FILE *out, const char *prog)
 		"  --pool SIZE         the pipeline's pool (default 256MiB)\n"
 		"  --fetch-threads N   the pipeline's fetch threads (default 1)\n"
 		"  --copy-threads N    the pipeline's copy threads, and the copy term's (default 1)\n"
+		"  --layers N          the dumps' layers repeated to N layers (default: as they are;\n"
+		"                      32 for a Llama-3-8B-deep chunk: 2D copies of 64 lines)\n"
 		"  --block-tokens N    tokens per KV block of the regions (default 16: 8 KiB per\n"
 		"                      layer and kind for the dumps; 64: 32 KiB, as Llama-3-8B's)\n"
 		"  --layout KIND       nhd, hnd or cross (cross-layer NHD) (default nhd)\n"
@@ -536,6 +538,14 @@ static int parse_args(int argc, char **argv, struct options *o)
 				return 2;
 			}
 			o->block_tokens = (uint32_t)n;
+		} else if ((v = bench_opt_value(argc, argv, &i, "--layers", &missing)) != NULL) {
+			unsigned long n = strtoul(v, &end, 10);
+			if (*v < '0' || *v > '9' || *end != '\0' || n < 1 || n > SHADOW_MAX_LAYERS) {
+				fprintf(stderr, "%s: --layers %s: want 1..%u\n", o->prog, v,
+					SHADOW_MAX_LAYERS);
+				return 2;
+			}
+			o->layers = (uint32_t)n;
 		} else if ((v = bench_opt_value(argc, argv, &i, "--copy-threads", &missing)) !=
 			   NULL) {
 			unsigned long n = strtoul(v, &end, 10);
@@ -863,6 +873,27 @@ static int load_dumps(struct bench *b)
 	return rc;
 }
 
+/* --layers: the dump's layers repeated (layer l is the dump's l % n_layers) to n layers, for
+ * the copy's shape of a deeper model; the queries are dropped. 0 or -1 (printed). */
+static int tile_layers(const char *prog, struct bench_kv *kv, uint32_t n)
+{
+	const uint64_t per_layer = 2 * kv->plane_elems;
+	uint16_t *t = malloc((size_t)(n * per_layer * sizeof(*t)));
+
+	if (t == NULL) {
+		fprintf(stderr, "%s: %s: out of memory for %u layers\n", prog, kv->path, n);
+		return -1;
+	}
+	for (uint32_t l = 0; l < n; l++)
+		memcpy(t + l * per_layer, kv->kv + (l % kv->n_layers) * per_layer,
+		       per_layer * sizeof(*t));
+	free(kv->kv);
+	kv->kv = t;
+	kv->n_layers = n;
+	kv->has_queries = false;
+	return 0;
+}
+
 /* The most copy runs a frame of `layout` can need: every block on its own (as the pipeline
  * sizes its plans, lib/pipeline/pipeline.c). */
 static uint32_t layout_max_runs(const struct dataset *ds, const struct shadow_kv_layout *layout)
@@ -900,6 +931,10 @@ static int dataset_build(struct bench *b)
 
 	if (load_dumps(b) < 0)
 		return 1;
+	for (int d = 0; d < ds->n_dumps && o->layers != 0; d++) {
+		if (tile_layers(o->prog, &ds->kv[d], o->layers) < 0)
+			return 1;
+	}
 	const struct bench_kv *kv0 = &ds->kv[0];
 	ds->geom = (struct shadow_kv_geometry){
 		.n_layers = kv0->n_layers,
