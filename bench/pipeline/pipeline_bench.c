@@ -2170,7 +2170,7 @@ static void *copier_main(void *arg)
 	int rc = c->cpu >= 0 ? pin_self(c->cpu) : 0;
 
 	if (rc == 0)
-		rc = ops->ctx_create(&ctx);
+		rc = ops->ctx_create(c->step, &ctx);
 	/* Untimed, as the fetch's first pass: our mapping of a host region is new, and a first
 	 * touch costs a page fault (~20 us each on the dev VM); CUDA makes its stream. */
 	if (rc == 0 && !c->poison)
@@ -2356,11 +2356,11 @@ static int verify_dest(struct bench *b, const struct scheme_run *sr, double *rel
 	got = want + round_up(ds->frame_nbytes, 4096) / sizeof(*want);
 	rc = ops->region_open(&ds->dst.spec.mem, &r);
 	if (rc == 0)
-		rc = ops->ctx_create(&ctx);
+		rc = ops->ctx_create(1, &ctx);
 	if (rc == 0)
 		rc = host->region_open(&ds->src.spec.mem, &src);
 	if (rc == 0)
-		rc = host->ctx_create(&hctx);
+		rc = host->ctx_create(1, &hctx);
 	for (uint32_t i = 0; i < ds->n_chunks && rc == 0 && result == 0; i++) {
 		for (uint32_t f = 0; f < ds->n_frames && rc == 0 && result == 0; f++) {
 			const uint64_t j = (uint64_t)i * ds->n_frames + f;
@@ -2881,16 +2881,23 @@ static void print_setup(const struct bench *b)
 	       (unsigned long long)(ds->rx_nbytes >> 10),
 	       (unsigned long long)(ds->stage_nbytes >> 10), o->fetch_threads, o->copy_threads);
 	/* What the copy stage issues: the chunk plans against one copy per run of each frame. */
-	uint64_t n_runs = 0, n_rects = 0, n_frame_runs = 0;
+	uint64_t n_runs = 0, n_rects = 0, n_frame_runs = 0, n_line_rects = 0;
 	for (uint32_t i = 0; i < ds->n_chunks; i++) {
-		n_runs += b->chunk_plans[i].n_runs;
-		n_rects += b->chunk_plans[i].n_rects;
+		const struct shadow__copy_plan *p = &b->chunk_plans[i];
+		n_runs += p->n_runs;
+		n_rects += p->n_rects;
+		for (size_t k = 0; k < p->n_rects; k++)
+			n_line_rects += shadow__copy_cuda_rect_as_lines(o->copy_threads, &p->rects[k]);
 	}
 	for (uint64_t j = 0; j < (uint64_t)ds->n_chunks * ds->n_frames; j++)
 		n_frame_runs += b->dst_n_runs[j];
 	printf("copy plan per chunk: %.1f runs + %.1f rectangles (per-frame plans: %.1f runs)\n",
 	       (double)n_runs / ds->n_chunks, (double)n_rects / ds->n_chunks,
 	       (double)n_frame_runs / ds->n_chunks);
+	if (o->cuda)
+		printf("cuda: %.1f rectangles per chunk copied as lines from %u copy thread(s), "
+		       "the rest as 2D copies\n", (double)n_line_rects / ds->n_chunks,
+		       o->copy_threads);
 	if (b->pinned) {
 		cpu_set_text(&b->pipe_cpus, cpus, sizeof(cpus));
 		printf("cpus: main thread on %d; pipeline threads inside %s (%u CPUs); bound terms "

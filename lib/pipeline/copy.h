@@ -132,8 +132,13 @@ struct shadow__copy_ops {
 	/* Unmap / close; no job on it may be in flight. NULL accepted. */
 	void (*region_close)(struct shadow__copy_region *r);
 
-	/* A context for the calling thread. */
-	int (*ctx_create)(struct shadow__copy_ctx **ctx_ret);
+	/*
+	 * A context for the calling thread. `peers`: how many threads, this one included, issue
+	 * copies at the same time, each through a context of its own (the pipeline's copy
+	 * threads); the cuda backend weighs a rectangle's one 2D copy against its lines as
+	 * batched copies with it (copy_cuda.c). 0 is taken as 1.
+	 */
+	int (*ctx_create)(uint32_t peers, struct shadow__copy_ctx **ctx_ret);
 	void (*ctx_destroy)(struct shadow__copy_ctx *ctx); /* waits for jobs still in flight */
 
 	/*
@@ -168,6 +173,14 @@ struct shadow__copy_ops {
 };
 
 #define SHADOW__COPY_INFLIGHT_MAX 256u
+
+/*
+ * The cuda backend's choice for a rectangle, issued by one of `peers` copy threads: true to
+ * copy it as its lines (one batched copy each), false as one 2D copy (copy_cuda.c, DESIGN,
+ * "Rectangles"). Pure; no GPU needed.
+ */
+bool shadow__copy_cuda_rect_as_lines(uint32_t peers, const struct shadow__copy_rect *rect)
+	SHADOW_INTERNAL;
 
 extern const struct shadow__copy_ops shadow__copy_host_ops SHADOW_INTERNAL;
 

@@ -1,8 +1,9 @@
 /*
  * copy_cuda.c - the cuda copy backend (copy.h): the region is GPU memory a client exported
- * with a CUDA IPC handle; a job is one batched host-to-device copy of its runs and one 2D copy
- * per rectangle from pinned staging memory, issued on one of the context's streams and
- * finished when an event recorded after it has fired. Everything CUDA goes through the
+ * with a CUDA IPC handle; a job is one batched host-to-device copy of its runs (and of the
+ * lines of some rectangles) and one 2D copy per other rectangle from pinned staging memory,
+ * issued on one of the context's streams and finished when an event recorded after it has
+ * fired. Everything CUDA goes through the
  * dlopen()ed module's ops (gpu/gpu.h): no CUDA header here, and never a kernel.
  *
  * DESIGN
@@ -22,20 +23,36 @@
  *
  * submit() checks every run and rectangle against the region (all or nothing), makes the
  * region's device current (cached: the context assumes nobody else changes its thread's
- * device), issues the rectangles at once (one 2D copy each, on the stream the group's flush
- * will use) and appends the runs to the context's dst/src/size arrays; flush() issues every
- * run queued since the last flush with ONE memcpy_h2d_batch call (cudaMemcpyBatchAsync) and
- * records one event after it, which every job of that group waits on. The caller flushes
- * after each burst of submits; submit flushes by itself when the arrays would overflow or the
- * device changes. The arrays
- * are read during the call only, so one set per context serves every group; a job with more
- * than CUDA_COPY_BATCH_MAX runs is issued alone as several batch calls on one stream before
- * its event, never refused. Zero-byte runs are skipped. The copies of a batch run in no set order,
- * so of two runs that overlap in the region (a block id repeated in a block table) either may
- * win, where the host backend leaves the later one. reap() queries events oldest first and
+ * device), issues the rectangles it copies in 2D at once (on the stream the group's flush
+ * will use) and appends the runs, and the lines of the other rectangles, to the context's
+ * dst/src/size arrays; flush() issues every copy queued since the last flush with ONE
+ * memcpy_h2d_batch call (cudaMemcpyBatchAsync) and records one event after it, which every
+ * job of that group waits on. The caller flushes after each burst of submits; submit flushes
+ * by itself when the arrays would overflow or the device changes. The arrays are read during
+ * the call only, so one set per context serves every group; a job with more than
+ * CUDA_COPY_BATCH_MAX batched copies starts a group and issues full calls on its stream as
+ * it fills them, never refused. Zero-byte runs are skipped. The copies of a batch run in no
+ * set order, so of two runs that overlap in the region (a block id repeated in a block table)
+ * either may win, where the host backend leaves the later one. reap() queries events oldest first and
  * stops at the first unfinished one, so completions come back in submission order even though
  * the streams may finish out of order. Nothing is allocated per job once a lane and its
  * events exist: events are created at the first use of each (device, slot).
+ *
+ * Rectangles. A rectangle (the same block of consecutive frames) can go as one 2D copy or as
+ * its `height` lines, each a batched copy; which is cheaper depends on what binds. A 2D copy
+ * costs the issuing thread 2-3 us whatever its height, but the copy engine about
+ * CUDA_2D_OP_NS beyond the bytes; a batched copy costs the issuing thread about 1 us and the
+ * engine only its bytes, and the pipeline's copy threads issue in parallel (with diminishing
+ * returns: cuda_line_issue_ns). So, for h lines of w bytes and a line time t = w / bandwidth:
+ *
+ *	as one 2D copy   CUDA_2D_OP_NS + h * t            (engine-bound)
+ *	as h lines       h * max(t, line_issue_ns(peers))  (issue- or engine-bound)
+ *
+ * and the smaller wins. On the H100 host that keeps 2D copies for small lines and for one
+ * copy thread (the dumps' 12 lines of 8 KiB: 4.4 us against 5.5 from four threads) and sends
+ * wide lines from several threads as lines (12 lines of 32 KiB from four threads: 7.4 us
+ * against 9.9), the two cases docs/results.md measured each way. The model's constants were
+ * measured on one machine; another host moves the crossing, not what is copied.
  *
  * If issuing fails half-way, submit() waits for the stream before returning the error, so
  * that the caller may reuse the job's source memory at once. A copy that fails on the device
@@ -75,6 +92,15 @@
  * its source memory comes back sooner. */
 #define CUDA_COPY_BATCH_MAX 128u
 #define CUDA_COPY_DEVICES_MAX 16u /* device ordinals a context can copy to */
+
+/* The cost model that sends a rectangle as one 2D copy or as its lines (DESIGN, "Rectangles"),
+ * from the H100 host (bench/research/copy_lab.cu, docs/results.md): */
+#define CUDA_2D_OP_NS 2500u        /* copy engine time per 2D operation beyond its bytes */
+#define CUDA_H2D_BYTES_PER_NS 53u  /* pinned host-to-device bandwidth, bytes per ns (GB/s) */
+/* Time per batched copy of a small line, all issuing threads together, by their number
+ * (8 KiB copies from 1, 2 and 4 threads: 8.4, 13.9 and 17.7 GB/s); more than four add
+ * nothing measurable. */
+static const uint64_t cuda_line_issue_ns[] = { 980, 590, 520, 460 };
 
 SHADOW_STATIC_ASSERT(SHADOW__CUDA_IPC_HANDLE_NBYTES == SHADOW_GPU_IPC_HANDLE_NBYTES,
 		     "copy.h and gpu.h disagree on the size of an IPC handle");
@@ -117,6 +143,7 @@ struct shadow__copy_ctx {
 	uint32_t pending_n;
 	uint32_t pending_first;
 	struct cuda_lane *pending_lane;
+	uint32_t peers;         /* ctx_create's: threads issuing copies like this one */
 };
 
 static int cuda_region_open(const struct shadow__region_mem *mem,
@@ -188,7 +215,7 @@ static void cuda_region_close(struct shadow__copy_region *r)
 	free(r);
 }
 
-static int cuda_ctx_create(struct shadow__copy_ctx **ctx_ret)
+static int cuda_ctx_create(uint32_t peers, struct shadow__copy_ctx **ctx_ret)
 {
 	const struct shadow__gpu_ops *gpu;
 	struct shadow__copy_ctx *ctx;
@@ -206,6 +233,7 @@ static int cuda_ctx_create(struct shadow__copy_ctx **ctx_ret)
 	}
 	ctx->gpu = gpu;
 	ctx->cur_device = -1;
+	ctx->peers = peers;
 	*ctx_ret = ctx;
 	return 0;
 }
@@ -280,52 +308,80 @@ typedef int (*cuda_batch_fn)(void *stream, void *const *dsts, const void *const 
 			     const size_t *sizes, size_t count);
 
 /*
- * Issue `runs` on `stream` as batch calls of at most CUDA_COPY_BATCH_MAX copies: region side
- * at dev_base + dst_offset, host side at host + src_offset; h2d copies host -> region, d2h
- * region -> host.
+ * Queue one copy of `size` bytes from src to dst in the context's arrays; when they are full,
+ * first issue them as one batch call on `stream`. Only a job that started with the arrays
+ * empty (cuda_submit flushed the group before it) can fill them, so what a full call issues
+ * is that job's alone.
  */
-static int cuda_issue_runs(struct shadow__copy_ctx *ctx, void *stream, bool h2d, uint8_t *dev_base,
-			   uint8_t *host, const struct shadow_copy_run *runs, uint32_t n_runs)
+static int cuda_push(struct shadow__copy_ctx *ctx, void *stream, cuda_batch_fn batch, void *dst,
+		     const void *src, size_t size)
 {
-	cuda_batch_fn batch = h2d ? ctx->gpu->memcpy_h2d_batch : ctx->gpu->memcpy_d2h_batch;
-	uint32_t n = 0;
-	int err;
-
-	for (uint32_t i = 0; i < n_runs; i++) {
-		if (runs[i].nbytes == 0)
-			continue;
-		uint8_t *dev = dev_base + runs[i].dst_offset;
-		uint8_t *hst = host + runs[i].src_offset;
-		ctx->dsts[n] = h2d ? (void *)dev : (void *)hst;
-		ctx->srcs[n] = h2d ? (const void *)hst : (const void *)dev;
-		ctx->sizes[n] = (size_t)runs[i].nbytes;
-		if (++n == CUDA_COPY_BATCH_MAX) {
-			err = batch(stream, ctx->dsts, ctx->srcs, ctx->sizes, n);
-			if (err != 0)
-				return err;
-			n = 0;
-		}
+	if (ctx->pending_n == CUDA_COPY_BATCH_MAX) {
+		int err = batch(stream, ctx->dsts, ctx->srcs, ctx->sizes, ctx->pending_n);
+		if (err != 0)
+			return err;
+		ctx->pending_n = 0;
 	}
-	return n > 0 ? batch(stream, ctx->dsts, ctx->srcs, ctx->sizes, n) : 0;
+	ctx->dsts[ctx->pending_n] = dst;
+	ctx->srcs[ctx->pending_n] = src;
+	ctx->sizes[ctx->pending_n] = size;
+	ctx->pending_n++;
+	return 0;
+}
+
+bool shadow__copy_cuda_rect_as_lines(uint32_t peers, const struct shadow__copy_rect *q)
+{
+	if (q->dst_pitch > SHADOW_GPU_PITCH_MAX || q->src_pitch > SHADOW_GPU_PITCH_MAX)
+		return true;
+	const size_t k = SHADOW_MIN(SHADOW_MAX(peers, 1u), SHADOW_ARRAY_SIZE(cuda_line_issue_ns));
+	const uint64_t line_ns = q->width / CUDA_H2D_BYTES_PER_NS;
+	/* Saturating: a checked rectangle's height * width is at most its region's size, but
+	 * this is also called on rectangles nobody checked. */
+	uint64_t as_2d, as_lines;
+	if (!shadow_mul_u64(q->height, line_ns, &as_2d) ||
+	    !shadow_add_u64(as_2d, CUDA_2D_OP_NS, &as_2d))
+		as_2d = UINT64_MAX;
+	if (!shadow_mul_u64(q->height, SHADOW_MAX(line_ns, cuda_line_issue_ns[k - 1]), &as_lines))
+		as_lines = UINT64_MAX;
+	return as_lines < as_2d;
+}
+
+static bool cuda_rect_as_lines(const struct shadow__copy_ctx *ctx,
+			       const struct shadow__copy_rect *q)
+{
+	return shadow__copy_cuda_rect_as_lines(ctx->peers, q);
+}
+
+/* The batched copies `job` makes: its runs of nonzero size and the lines of the rectangles
+ * it copies as lines. */
+static uint64_t cuda_job_batched(const struct shadow__copy_ctx *ctx,
+				 const struct shadow__copy_job *job)
+{
+	uint64_t n = 0;
+
+	for (uint32_t i = 0; i < job->n_runs; i++)
+		n += job->runs[i].nbytes != 0;
+	for (uint32_t i = 0; i < job->n_rects; i++) {
+		if (cuda_rect_as_lines(ctx, &job->rects[i]))
+			n += job->rects[i].height;
+	}
+	return n;
 }
 
 /*
- * Issue `rects` host -> region on `stream`: one 2D copy each (one copy operation for all its
- * lines), or, for a pitch the 2D call does not take (SHADOW_GPU_PITCH_MAX: layers more than
- * 2 GiB apart), its lines as batch calls of their own.
+ * Issue `job` host -> region on `stream`: each rectangle copied as one 2D copy now, the other
+ * rectangles' lines and the runs queued in the context's arrays for the group's batch call
+ * (full arrays are issued on the way, cuda_push).
  */
-static int cuda_issue_rects(struct shadow__copy_ctx *ctx, void *stream, uint8_t *dev_base,
-			    const uint8_t *host, const struct shadow__copy_rect *rects,
-			    uint32_t n_rects)
+static int cuda_issue_job(struct shadow__copy_ctx *ctx, void *stream, uint8_t *dev_base,
+			  const uint8_t *host, const struct shadow__copy_job *job)
 {
-	void *dsts[32];
-	const void *srcs[32];
-	size_t sizes[32];
+	const cuda_batch_fn batch = ctx->gpu->memcpy_h2d_batch;
 	int err;
 
-	for (uint32_t i = 0; i < n_rects; i++) {
-		const struct shadow__copy_rect *q = &rects[i];
-		if (q->dst_pitch <= SHADOW_GPU_PITCH_MAX && q->src_pitch <= SHADOW_GPU_PITCH_MAX) {
+	for (uint32_t i = 0; i < job->n_rects; i++) {
+		const struct shadow__copy_rect *q = &job->rects[i];
+		if (!cuda_rect_as_lines(ctx, q)) {
 			err = ctx->gpu->memcpy_h2d_2d(stream, dev_base + q->dst_offset,
 						      (size_t)q->dst_pitch, host + q->src_offset,
 						      (size_t)q->src_pitch, (size_t)q->width,
@@ -334,17 +390,21 @@ static int cuda_issue_rects(struct shadow__copy_ctx *ctx, void *stream, uint8_t 
 				return err;
 			continue;
 		}
-		for (uint64_t j = 0; j < q->height;) {
-			size_t n = 0;
-			for (; n < SHADOW_ARRAY_SIZE(dsts) && j < q->height; n++, j++) {
-				dsts[n] = dev_base + q->dst_offset + j * q->dst_pitch;
-				srcs[n] = host + q->src_offset + j * q->src_pitch;
-				sizes[n] = (size_t)q->width;
-			}
-			err = ctx->gpu->memcpy_h2d_batch(stream, dsts, srcs, sizes, n);
+		for (uint64_t j = 0; j < q->height; j++) {
+			err = cuda_push(ctx, stream, batch, dev_base + q->dst_offset + j * q->dst_pitch,
+					host + q->src_offset + j * q->src_pitch, (size_t)q->width);
 			if (err != 0)
 				return err;
 		}
+	}
+	for (uint32_t i = 0; i < job->n_runs; i++) {
+		const struct shadow_copy_run *run = &job->runs[i];
+		if (run->nbytes == 0)
+			continue;
+		err = cuda_push(ctx, stream, batch, dev_base + run->dst_offset,
+				host + run->src_offset, (size_t)run->nbytes);
+		if (err != 0)
+			return err;
 	}
 	return 0;
 }
@@ -385,11 +445,10 @@ static int cuda_flush(struct shadow__copy_ctx *ctx)
 }
 
 /*
- * Queue a job: its runs join the pending batch, issued by flush() (the caller's, or here when
- * the batch would pass CUDA_COPY_BATCH_MAX or the device changes). A call costs the issuing
- * thread about 1 us per copy plus a few microseconds (bench/research/copy_lab.cu): batching
- * saves the per-call part, not the per-copy one. A job with more runs than one call takes is
- * issued alone, in several calls on one stream, before one event.
+ * Queue a job: its 2D copies are issued at once, its other copies join the pending batch,
+ * issued by flush() (the caller's, or here when the batch would pass CUDA_COPY_BATCH_MAX or
+ * the device changes). A job with more batched copies than one call takes starts a group of
+ * its own and issues full calls on the way; the rest waits for the flush like any job's.
  */
 static int cuda_submit(struct shadow__copy_ctx *ctx, const struct shadow__copy_job *job)
 {
@@ -405,10 +464,10 @@ static int cuda_submit(struct shadow__copy_ctx *ctx, const struct shadow__copy_j
 	err = shadow__copy_job_check(job, r->nbytes, "cuda");
 	if (err != 0)
 		return err;
-	/* A group goes to one device and stays within one call. */
+	/* A group goes to one device and, unless a job alone is larger, stays within one call. */
 	if (ctx->pending_lane != NULL &&
 	    (ctx->pending_lane != &ctx->lanes[r->device] ||
-	     ctx->pending_n + job->n_runs > CUDA_COPY_BATCH_MAX))
+	     ctx->pending_n + cuda_job_batched(ctx, job) > CUDA_COPY_BATCH_MAX))
 		(void)cuda_flush(ctx); /* an error is the flushed jobs', reported at reap */
 	err = cuda_lane_get(ctx, r->device, &lane);
 	if (err != 0)
@@ -418,40 +477,17 @@ static int cuda_submit(struct shadow__copy_ctx *ctx, const struct shadow__copy_j
 		if (err != 0)
 			return err;
 	}
-	/* The cast drops const: the same arrays serve the d2h direction; h2d only reads src. */
-	uint8_t *src = (uint8_t *)(uintptr_t)job->src;
-	/* Rectangles go out now, on the stream the group's flush will use (so its event comes
-	 * after them); the runs wait for the flush's batch call. */
+	/* On the stream the group's flush will use, so that its event comes after them. */
 	void *stream = lane->streams[lane->next_stream];
-	err = cuda_issue_rects(ctx, stream, r->base, src, job->rects, job->n_rects);
+	const uint32_t queued = ctx->pending_n;
+	err = cuda_issue_job(ctx, stream, r->base, job->src, job);
 	if (err != 0) {
-		/* Copies may have been issued: let them end before the slot is reused. */
+		/* Copies may have been issued: let them end before the slot is reused. What
+		 * this job queued is dropped: a call issued on the way had emptied the arrays,
+		 * so the job's copies are those from `queued` on, or all of them. */
 		(void)ctx->gpu->stream_sync(stream);
+		ctx->pending_n = SHADOW_MIN(queued, ctx->pending_n);
 		return err;
-	}
-	if (job->n_runs > CUDA_COPY_BATCH_MAX) {
-		lane->next_stream = (lane->next_stream + 1) % CUDA_COPY_STREAMS;
-		err = cuda_issue_runs(ctx, stream, true, r->base, src, job->runs, job->n_runs);
-		if (err == 0)
-			err = ctx->gpu->event_record(lane->events[slot], stream);
-		if (err != 0) {
-			/* Copies may have been issued: let them end before the slot is reused. */
-			(void)ctx->gpu->stream_sync(stream);
-			return err;
-		}
-		ctx->jobs[slot] = (struct cuda_job){ .user = job->user, .event = lane->events[slot] };
-		ctx->tail++;
-		ctx->pending_first = ctx->tail;
-		return 0;
-	}
-	for (uint32_t i = 0; i < job->n_runs; i++) {
-		const struct shadow_copy_run *run = &job->runs[i];
-		if (run->nbytes == 0)
-			continue;
-		ctx->dsts[ctx->pending_n] = r->base + run->dst_offset;
-		ctx->srcs[ctx->pending_n] = src + run->src_offset;
-		ctx->sizes[ctx->pending_n] = (size_t)run->nbytes;
-		ctx->pending_n++;
 	}
 	ctx->pending_lane = lane;
 	ctx->jobs[slot] = (struct cuda_job){ .user = job->user, .event = NULL };
@@ -501,9 +537,20 @@ static int cuda_read(struct shadow__copy_ctx *ctx, struct shadow__copy_region *r
 	err = cuda_lane_get(ctx, r->device, &lane);
 	if (err != 0)
 		return err;
-	err = cuda_issue_runs(ctx, lane->streams[0], false, r->base, dst, runs, n_runs);
+	/* The arrays serve both directions: for d2h the region is the source. */
+	void *stream = lane->streams[0];
+	const cuda_batch_fn batch = ctx->gpu->memcpy_d2h_batch;
+	err = 0;
+	for (uint32_t i = 0; i < n_runs && err == 0; i++) {
+		if (runs[i].nbytes != 0)
+			err = cuda_push(ctx, stream, batch, (uint8_t *)dst + runs[i].src_offset,
+					r->base + runs[i].dst_offset, (size_t)runs[i].nbytes);
+	}
+	if (err == 0 && ctx->pending_n > 0)
+		err = batch(stream, ctx->dsts, ctx->srcs, ctx->sizes, ctx->pending_n);
+	ctx->pending_n = 0;
 	/* Wait even after a failure: no copy may still write into dst once we return. */
-	int sync_err = ctx->gpu->stream_sync(lane->streams[0]);
+	int sync_err = ctx->gpu->stream_sync(stream);
 	return err != 0 ? err : sync_err;
 }
 

@@ -791,12 +791,14 @@ static void *decode_main(void *arg)
 struct pl_ctxs {
 	struct shadow__copy_ctx *host, *cuda;
 	const struct shadow__copy_ops *cuda_ops;
+	uint32_t peers; /* threads of this one's kind, each with contexts of its own */
 };
 
-static void ctxs_init(struct pl_ctxs *x)
+static void ctxs_init(struct pl_ctxs *x, uint32_t peers)
 {
 	memset(x, 0, sizeof(*x));
-	if (shadow__copy_host_ops.ctx_create(&x->host) < 0)
+	x->peers = peers;
+	if (shadow__copy_host_ops.ctx_create(peers, &x->host) < 0)
 		x->host = NULL;
 }
 
@@ -807,7 +809,7 @@ static struct shadow__copy_ctx *ctxs_for(struct pl_ctxs *x, const struct pl_regi
 		return x->host;
 	if (x->cuda == NULL) {
 		x->cuda_ops = r->ops;
-		if (x->cuda_ops->ctx_create(&x->cuda) < 0)
+		if (x->cuda_ops->ctx_create(x->peers, &x->cuda) < 0)
 			x->cuda = NULL;
 	}
 	return x->cuda;
@@ -864,7 +866,7 @@ static void *copy_main(void *arg)
 	struct shadow__pipeline *pl = t->pl;
 	struct pl_ctxs x;
 
-	ctxs_init(&x);
+	ctxs_init(&x, pl->n_copy);
 	for (;;) {
 		void *obj;
 		bool did = false;
@@ -1039,7 +1041,7 @@ static void *save_main(void *arg)
 	struct shadow__pipeline *pl = t->pl;
 	struct pl_ctxs x;
 
-	ctxs_init(&x);
+	ctxs_init(&x, pl->n_save);
 	for (;;) {
 		void *obj;
 		if (shadow__ring_mc_dequeue_bulk(pl->saves, &obj, 1) == 1) {

@@ -298,7 +298,7 @@ static void host_copy_image(const struct scenario *sc, uint8_t *img)
 	struct shadow__copy_ctx *ctx = NULL;
 
 	assert_int_equal(ops->region_open(&mem, &r), 0);
-	assert_int_equal(ops->ctx_create(&ctx), 0);
+	assert_int_equal(ops->ctx_create(1, &ctx), 0);
 	copy_frames(ops, ctx, r, sc, sc->stage);
 	ops->ctx_destroy(ctx);
 	ops->region_close(r);
@@ -320,7 +320,7 @@ static void check_host_layout(enum shadow_layout_kind kind)
 	struct shadow__copy_ctx *ctx = NULL;
 
 	assert_int_equal(ops->region_open(&mem, &r), 0);
-	assert_int_equal(ops->ctx_create(&ctx), 0);
+	assert_int_equal(ops->ctx_create(1, &ctx), 0);
 	assert_int_equal(ops->in_flight(ctx), 0);
 	copy_frames(ops, ctx, r, &sc, sc.stage);
 
@@ -375,7 +375,7 @@ static void test_host_bad_runs(void **state)
 
 	memset(src, 0x11, sizeof(src));
 	assert_int_equal(ops->region_open(&mem, &r), 0);
-	assert_int_equal(ops->ctx_create(&ctx), 0);
+	assert_int_equal(ops->ctx_create(1, &ctx), 0);
 
 	/* A good run then one that crosses the end: nothing at all is written. */
 	struct shadow_copy_run crossing[] = { { 0, 0, 16 }, { 16, R - 4, 8 } };
@@ -433,7 +433,7 @@ static void test_host_rects(void **state)
 	for (size_t i = 0; i < sizeof(src); i++)
 		src[i] = (uint8_t)(i + 1);
 	assert_int_equal(ops->region_open(&mem, &r), 0);
-	assert_int_equal(ops->ctx_create(&ctx), 0);
+	assert_int_equal(ops->ctx_create(1, &ctx), 0);
 
 	/* A good rectangle and run, then one rectangle each way wrong: nothing is written. */
 	struct shadow_copy_run run = { 200, 50, 10 };
@@ -509,7 +509,7 @@ static void test_host_full_context(void **state)
 
 	assert_int_equal(ops->region_open(&mem, &r), 0);
 	close(fd); /* the mapping outlives the fd */
-	assert_int_equal(ops->ctx_create(&ctx), 0);
+	assert_int_equal(ops->ctx_create(1, &ctx), 0);
 	job.region = r;
 	for (uint32_t i = 0; i < SHADOW__COPY_INFLIGHT_MAX; i++) {
 		job.user = (void *)(uintptr_t)(1000 + i);
@@ -609,6 +609,49 @@ static void test_pool(void **state)
 
 /* ---- cuda backend ------------------------------------------------------------------------ */
 
+static struct shadow__copy_rect rect_of(uint64_t height, uint64_t width)
+{
+	struct shadow__copy_rect q = { .src_offset = 0, .dst_offset = 0, .width = width,
+				       .src_pitch = width, .dst_pitch = 1u << 20,
+				       .height = height };
+	return q;
+}
+
+/* The cuda backend's cost model picks what docs/results.md measured faster on the H100, and
+ * nothing it cannot issue. Needs no GPU. */
+static void test_cuda_rect_choice(void **state)
+{
+	(void)state;
+	const uint64_t KiB = 1024;
+	struct shadow__copy_rect q;
+
+	/* The dumps' 12 lines of 32 KiB: one 2D copy from one thread (36-38 GB/s against 27-31
+	 * as lines), lines from two and four (43-53 against 36-39). */
+	q = rect_of(12, 32 * KiB);
+	assert_false(shadow__copy_cuda_rect_as_lines(1, &q));
+	assert_true(shadow__copy_cuda_rect_as_lines(2, &q));
+	assert_true(shadow__copy_cuda_rect_as_lines(4, &q));
+	assert_true(shadow__copy_cuda_rect_as_lines(8, &q));
+	/* 12 lines of 8 KiB: one 2D copy even from four threads (20-21 GB/s against 20). */
+	q = rect_of(12, 8 * KiB);
+	assert_false(shadow__copy_cuda_rect_as_lines(1, &q));
+	assert_false(shadow__copy_cuda_rect_as_lines(4, &q));
+	/* Llama-3-8B's 64 lines of 32 KiB from one thread: 2D (91-93% of pinned H2D). */
+	q = rect_of(64, 32 * KiB);
+	assert_false(shadow__copy_cuda_rect_as_lines(1, &q));
+	assert_false(shadow__copy_cuda_rect_as_lines(0, &q)); /* 0 peers is taken as 1 */
+	/* One line is never worth a 2D operation. */
+	q = rect_of(1, 8 * KiB);
+	assert_true(shadow__copy_cuda_rect_as_lines(1, &q));
+	/* A pitch beyond what the 2D call takes: lines, whatever the shape. */
+	q = rect_of(64, 8 * KiB);
+	q.dst_pitch = (uint64_t)SHADOW_GPU_PITCH_MAX + 1;
+	assert_true(shadow__copy_cuda_rect_as_lines(1, &q));
+	q.dst_pitch = 1u << 20;
+	q.src_pitch = (uint64_t)SHADOW_GPU_PITCH_MAX + 1;
+	assert_true(shadow__copy_cuda_rect_as_lines(1, &q));
+}
+
 static struct {
 	uint8_t handle[SHADOW__CUDA_IPC_HANDLE_NBYTES];
 	enum shadow_layout_kind kind;
@@ -667,14 +710,14 @@ static void test_cuda_child(void **state)
 	struct shadow__copy_region *r;
 	struct shadow__copy_ctx *ctx;
 	assert_int_equal(ops->region_open(&mem, &r), 0);
-	assert_int_equal(ops->ctx_create(&ctx), 0);
+	assert_int_equal(ops->ctx_create(1, &ctx), 0);
 
-	/* Pinned memory: the scenario's stage images, then 2 x R of scratch. */
+	/* Pinned memory: the scenario's stage images, then 3 x R of scratch. */
 	size_t stage_nbytes = sc.n_frames * sc.frame_nbytes;
-	size_t pool_nbytes = stage_nbytes + 2 * R;
+	size_t pool_nbytes = stage_nbytes + 3 * R;
 	uint8_t *pool;
 	assert_int_equal(shadow__copy_pool_alloc(pool_nbytes, true, (void **)&pool), 0);
-	uint8_t *pinned_stage = pool, *a = pool + stage_nbytes, *b = a + R;
+	uint8_t *pinned_stage = pool, *a = pool + stage_nbytes, *b = a + R, *c = b + R;
 	memcpy(pinned_stage, sc.stage, stage_nbytes);
 
 	/* 1. A scatter of R / 4 four-byte runs (more than one batch call takes): piece i of `a`
@@ -756,6 +799,50 @@ static void test_cuda_child(void **state)
 	assert_int_equal(ops->submit(ctx, &job), 0);
 	reap_all(ops, ctx, 1, 89);
 
+	/* 3b. One job of rectangles the backend copies different ways (one line: a batched
+	 * copy; 64 narrow lines: one 2D copy; 3 lines: one 2D copy from a lone copy thread,
+	 * batched lines from eight) and a run, from a context of 1 and one of 8 peers: the same
+	 * bytes either way, then back to FILL. */
+	const struct shadow__copy_rect mixed[] = {
+		{ .src_offset = 0, .dst_offset = 300, .width = 700, .src_pitch = 700,
+		  .dst_pitch = 700, .height = 1 },
+		{ .src_offset = 1000, .dst_offset = 2000, .width = 8, .src_pitch = 12,
+		  .dst_pitch = 16, .height = 64 },
+		{ .src_offset = 2000, .dst_offset = 4000, .width = 40, .src_pitch = 40,
+		  .dst_pitch = 100, .height = 3 },
+	};
+	const struct shadow_copy_run mixed_run = { .src_offset = 3000, .dst_offset = 5000,
+						   .nbytes = 333 };
+	uint8_t *want = malloc(R);
+	assert_non_null(want);
+	for (uint64_t i = 0; i < R; i++)
+		c[i] = (uint8_t)(i * 2246822519u >> 13);
+	memset(want, FILL, R);
+	for (size_t i = 0; i < SHADOW_ARRAY_SIZE(mixed); i++) {
+		for (uint64_t j = 0; j < mixed[i].height; j++)
+			memcpy(want + mixed[i].dst_offset + j * mixed[i].dst_pitch,
+			       c + mixed[i].src_offset + j * mixed[i].src_pitch, mixed[i].width);
+	}
+	memcpy(want + mixed_run.dst_offset, c + mixed_run.src_offset, mixed_run.nbytes);
+	struct shadow__copy_ctx *ctx8;
+	assert_int_equal(ops->ctx_create(8, &ctx8), 0);
+	struct shadow__copy_ctx *const both[] = { ctx, ctx8 };
+	for (size_t k = 0; k < SHADOW_ARRAY_SIZE(both); k++) {
+		struct shadow__copy_job mjob = { .region = r, .src = c, .rects = mixed,
+						 .n_rects = SHADOW_ARRAY_SIZE(mixed),
+						 .runs = &mixed_run, .n_runs = 1,
+						 .user = (void *)(uintptr_t)91 };
+		assert_int_equal(ops->submit(both[k], &mjob), 0);
+		reap_all(ops, both[k], 1, 91);
+		assert_int_equal(ops->read(both[k], r, &whole, 1, b), 0);
+		assert_memory_equal(b, want, R);
+		job.user = (void *)(uintptr_t)92;
+		assert_int_equal(ops->submit(both[k], &job), 0);
+		reap_all(ops, both[k], 1, 92);
+	}
+	ops->ctx_destroy(ctx8);
+	free(want);
+
 	/* 4. The whole chunk as one job of runs and rectangles, as the pipeline copies it; then
 	 * back to FILL and every frame as a job of its own, as before; each gathered back. */
 	assert_int_equal(copy_chunk(ops, ctx, r, &sc, pinned_stage),
@@ -773,21 +860,86 @@ static void test_cuda_child(void **state)
 	scenario_free(&sc);
 }
 
+/*
+ * A rectangle whose region-side pitch the 2D call does not take (SHADOW_GPU_PITCH_MAX: layers
+ * more than 2 GiB apart), which the backend copies as its lines: two lines of WIDE_WIDTH
+ * bytes, WIDE_PITCH apart, in a region of WIDE_REGION bytes.
+ */
+#define WIDE_PITCH ((uint64_t)SHADOW_GPU_PITCH_MAX + 1u + 4096u)
+#define WIDE_REGION (WIDE_PITCH + 8192u)
+#define WIDE_OFFSET 1000u
+#define WIDE_WIDTH 3000u
+
+static uint8_t wide_byte(uint64_t i)
+{
+	return (uint8_t)(i * 167u + 13u);
+}
+
+static void test_cuda_wide_pitch_child(void **state)
+{
+	(void)state;
+	const struct shadow__copy_ops *ops;
+	struct shadow__copy_region *r;
+	struct shadow__copy_ctx *ctx;
+	struct shadow__region_mem mem;
+	uint8_t *src;
+
+	assert_int_equal(shadow__copy_cuda_ops(&ops), 0);
+	memset(&mem, 0, sizeof(mem));
+	mem.kind = SHADOW__COPY_CUDA;
+	mem.fd = -1;
+	memcpy(mem.ipc_handle, child_args.handle, sizeof(mem.ipc_handle));
+	mem.device = child_args.device;
+	mem.nbytes = WIDE_REGION;
+	assert_int_equal(ops->region_open(&mem, &r), 0);
+	assert_int_equal(ops->ctx_create(1, &ctx), 0);
+	assert_int_equal(shadow__copy_pool_alloc(4 * WIDE_WIDTH, true, (void **)&src), 0);
+	for (uint64_t i = 0; i < 2 * WIDE_WIDTH; i++)
+		src[i] = wide_byte(i);
+	const struct shadow__copy_rect rect = { .src_offset = 0, .dst_offset = WIDE_OFFSET,
+						.width = WIDE_WIDTH, .src_pitch = WIDE_WIDTH,
+						.dst_pitch = WIDE_PITCH, .height = 2 };
+	struct shadow__copy_job job = { .region = r, .src = src, .rects = &rect, .n_rects = 1,
+					.user = (void *)(uintptr_t)7 };
+	assert_int_equal(ops->submit(ctx, &job), 0);
+	reap_all(ops, ctx, 1, 7);
+	/* Gathered back as runs into the other half of the buffer. */
+	const struct shadow_copy_run back[] = {
+		{ .src_offset = 0, .dst_offset = WIDE_OFFSET, .nbytes = WIDE_WIDTH },
+		{ .src_offset = WIDE_WIDTH, .dst_offset = WIDE_OFFSET + WIDE_PITCH,
+		  .nbytes = WIDE_WIDTH },
+	};
+	assert_int_equal(ops->read(ctx, r, back, 2, src + 2 * WIDE_WIDTH), 0);
+	assert_memory_equal(src + 2 * WIDE_WIDTH, src, 2 * WIDE_WIDTH);
+	shadow__copy_pool_free(src, 4 * WIDE_WIDTH, true);
+	ops->ctx_destroy(ctx);
+	ops->region_close(r);
+}
+
 static int child_main(int argc, char **argv)
 {
 	if (argc != 5 || hex_decode(argv[2], child_args.handle, sizeof(child_args.handle)) != 0) {
-		fprintf(stderr, "usage: %s --cuda-child HANDLE_HEX LAYOUT_KIND DEVICE\n", argv[0]);
+		fprintf(stderr, "usage: %s --cuda-child HANDLE_HEX LAYOUT_KIND|wide DEVICE\n",
+			argv[0]);
 		return 2;
 	}
+	bool wide = strcmp(argv[3], "wide") == 0;
 	child_args.kind = (enum shadow_layout_kind)atoi(argv[3]);
 	child_args.device = atoi(argv[4]);
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_cuda_child),
 	};
+	const struct CMUnitTest wide_tests[] = {
+		cmocka_unit_test(test_cuda_wide_pitch_child),
+	};
+	if (wide)
+		return cmocka_run_group_tests_name("copy_cuda_wide_child", wide_tests, NULL,
+						   NULL) != 0;
 	return cmocka_run_group_tests_name("copy_cuda_child", tests, NULL, NULL) != 0;
 }
 
-/* Spawn `self --cuda-child ...` and wait for it; its exit status, or -1. */
+/* Spawn `self --cuda-child ...` and wait for it; its exit status, or -1. kind 0: the wide
+ * pitch test. */
 static int spawn_child(const uint8_t *handle, enum shadow_layout_kind kind, int device)
 {
 	char hex[2 * SHADOW__CUDA_IPC_HANDLE_NBYTES + 1], kind_s[16], dev_s[16];
@@ -797,7 +949,10 @@ static int spawn_child(const uint8_t *handle, enum shadow_layout_kind kind, int 
 	int status = 0;
 
 	hex_encode(handle, SHADOW__CUDA_IPC_HANDLE_NBYTES, hex);
-	snprintf(kind_s, sizeof(kind_s), "%d", (int)kind);
+	if (kind == 0)
+		snprintf(kind_s, sizeof(kind_s), "wide");
+	else
+		snprintf(kind_s, sizeof(kind_s), "%d", (int)kind);
 	snprintf(dev_s, sizeof(dev_s), "%d", device);
 	fflush(stdout);
 	if (posix_spawn(&pid, self, NULL, NULL, argv, environ) != 0)
@@ -848,6 +1003,40 @@ static void test_cuda_layouts(void **state)
 		check_cuda_layout(gpu, all_kinds[i]);
 }
 
+/* The wide-pitch rectangle into a region of WIDE_REGION bytes (2 GiB and a few pages) that
+ * this process owns: the child copies and reads back; here the bytes around the two lines
+ * are checked to be untouched. */
+static void test_cuda_wide_pitch(void **state)
+{
+	(void)state;
+	const struct shadow__gpu_ops *gpu;
+	uint8_t handle[SHADOW__CUDA_IPC_HANDLE_NBYTES];
+	static uint8_t host[8192], want[8192];
+	uint8_t *dev;
+
+	assert_int_equal(shadow__gpu_ops(&gpu), 0);
+	assert_int_equal(gpu->dev_alloc((void **)&dev, WIDE_REGION), 0);
+	/* Only the pages around the two lines are looked at: they start FILL. */
+	memset(host, FILL, sizeof(host));
+	assert_int_equal(gpu->memcpy_sync(dev, host, sizeof(host), SHADOW_GPU_H2D), 0);
+	assert_int_equal(gpu->memcpy_sync(dev + WIDE_PITCH, host, sizeof(host), SHADOW_GPU_H2D),
+			 0);
+	assert_int_equal(gpu->ipc_export(dev, handle), 0);
+
+	assert_int_equal(spawn_child(handle, 0, 0), 0);
+
+	for (uint32_t line = 0; line < 2; line++) {
+		memset(want, FILL, sizeof(want));
+		for (uint32_t i = 0; i < WIDE_WIDTH; i++)
+			want[WIDE_OFFSET + i] = wide_byte((uint64_t)line * WIDE_WIDTH + i);
+		assert_int_equal(gpu->memcpy_sync(host, dev + line * WIDE_PITCH, sizeof(host),
+						  SHADOW_GPU_D2H),
+				 0);
+		assert_memory_equal(host, want, sizeof(host));
+	}
+	assert_int_equal(gpu->dev_free(dev), 0);
+}
+
 /* What can be checked in the exporting process: bad descriptions, and CUDA's own refusal. */
 static void test_cuda_bad_regions(void **state)
 {
@@ -885,7 +1074,7 @@ static void test_cuda_bad_regions(void **state)
 	assert_null(r);
 	assert_int_equal(gpu->dev_free(dev), 0);
 
-	assert_int_equal(ops->ctx_create(&ctx), 0);
+	assert_int_equal(ops->ctx_create(1, &ctx), 0);
 	assert_int_equal(ops->in_flight(ctx), 0);
 	ops->ctx_destroy(ctx);
 	ops->region_close(NULL);
@@ -903,6 +1092,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_host_full_context),
 		cmocka_unit_test(test_host_bad_regions),
 		cmocka_unit_test(test_pool),
+		cmocka_unit_test(test_cuda_rect_choice),
 	};
 	if (cmocka_run_group_tests_name("copy_host", host, NULL, NULL) != 0)
 		return 1;
@@ -918,6 +1108,7 @@ int main(int argc, char **argv)
 	const struct CMUnitTest cuda[] = {
 		cmocka_unit_test(test_cuda_bad_regions),
 		cmocka_unit_test(test_cuda_layouts),
+		cmocka_unit_test(test_cuda_wide_pitch),
 	};
 	return cmocka_run_group_tests_name("copy_cuda", cuda, NULL, NULL) != 0;
 }
