@@ -156,6 +156,21 @@ static void doorbell_wait(struct doorbell *d, bool (*ready)(void *), void *arg, 
 /* State                                                                                      */
 /* ------------------------------------------------------------------------------------------ */
 
+/*
+ * A staging area for one region's chunks (stage_layout): the decoded frames at a fixed pitch,
+ * then the copy plan's arrays, then the planner's scratch. Offsets are bytes from the area's
+ * start.
+ */
+struct pl_stage_layout {
+	uint64_t frame_pitch;            /* frame f at f * frame_pitch */
+	uint64_t off_runs;               /* the plan's runs */
+	uint64_t off_rects;              /* the plan's rectangles */
+	uint64_t off_scratch_runs;       /* scratch: one frame's runs */
+	uint64_t off_scratch_rects;      /* scratch: one frame's rectangles */
+	uint64_t plan_runs;              /* capacity of the plan's runs */
+	uint64_t plan_rects;             /* capacity of the plan's rectangles */
+};
+
 struct pl_region {
 	bool used;
 	bool removing;
@@ -163,10 +178,7 @@ struct pl_region {
 	uint32_t bpc;                    /* blocks per chunk */
 	uint32_t max_runs;               /* runs of one frame, at most */
 	uint64_t frame_nbytes;           /* a frame's staging image */
-	/* A staging area for this region's chunks (stage_layout). */
-	uint64_t frame_pitch;            /* frame f at f * frame_pitch */
-	uint64_t off_runs, off_rects, off_scratch_runs, off_scratch_rects;
-	uint64_t plan_runs, plan_rects;  /* capacities of the plan's arrays */
+	struct pl_stage_layout stage;    /* its chunks' staging area */
 	struct shadow_kv_geometry geom;
 	struct shadow_kv_layout layout;
 	const struct shadow__copy_ops *ops;
@@ -344,21 +356,22 @@ static void chunk_to_copy(struct pl_chunk *c)
 {
 	struct shadow__pipeline *pl = c->pl;
 	struct pl_region *r = c->region;
+	const struct pl_stage_layout *s = &r->stage;
 	const uint32_t *blocks = c->op->block_ids + (uint64_t)c->idx * r->bpc;
 	void *obj = c;
 	int rc;
 
 	c->plan = (struct shadow__copy_plan){
-		.runs = (struct shadow_copy_run *)(void *)(c->stage + r->off_runs),
-		.max_runs = r->plan_runs,
-		.rects = (struct shadow__copy_rect *)(void *)(c->stage + r->off_rects),
-		.max_rects = r->plan_rects,
+		.runs = (struct shadow_copy_run *)(void *)(c->stage + s->off_runs),
+		.max_runs = s->plan_runs,
+		.rects = (struct shadow__copy_rect *)(void *)(c->stage + s->off_rects),
+		.max_rects = s->plan_rects,
 	};
-	rc = shadow__copy_plan_chunk(&r->layout, &r->geom, blocks, r->bpc, r->frame_pitch,
+	rc = shadow__copy_plan_chunk(&r->layout, &r->geom, blocks, r->bpc, s->frame_pitch,
 				     (struct shadow_copy_run *)(void *)(c->stage +
-									 r->off_scratch_runs),
+									 s->off_scratch_runs),
 				     (struct shadow__copy_rect *)(void *)(c->stage +
-									   r->off_scratch_rects),
+									   s->off_scratch_rects),
 				     r->max_runs, &c->plan);
 	if (rc < 0) {
 		SHADOW_ASSERT(0); /* the layout was validated and the arrays sized for it */
@@ -743,7 +756,7 @@ static void decode_one(struct pl_thread *t, struct pl_frame *f)
 	}
 	t0 = shadow__now_ns();
 	rc = shadow_chunk_decode_frame(codec, &c->view, f->frame, &r->layout,
-				       c->stage + (uint64_t)f->frame * r->frame_pitch,
+				       c->stage + (uint64_t)f->frame * r->stage.frame_pitch,
 				       r->frame_nbytes);
 	st_add(pl, ST_NS_DECODE, shadow__now_ns() - t0);
 	if (rc < 0) {
@@ -1426,25 +1439,25 @@ static uint64_t stage_align(uint64_t n)
 }
 
 /*
- * Lay out a staging area for region r (frame_nbytes, n_layers and max_runs set): the frames at
- * a fixed pitch, then the copy plan's runs and rectangles, then the planner's scratch (one
+ * Lay out *s, a staging area for region r (frame_nbytes, n_layers and max_runs set): the frames
+ * at a fixed pitch, then the copy plan's runs and rectangles, then the planner's scratch (one
  * frame's runs and rectangles). Returns the bytes it needs. The sizes are bounded by the
  * geometry limits (frames < 2^32 bytes, max_runs <= chunk tokens x heads), so no sum wraps.
  */
-static uint64_t stage_layout(struct pl_region *r)
+static uint64_t stage_layout(const struct pl_region *r, struct pl_stage_layout *s)
 {
 	uint64_t n_frames = 2 * (uint64_t)r->geom.n_layers;
 
-	r->frame_pitch = stage_align(r->frame_nbytes);
-	r->plan_runs = n_frames * r->max_runs;
-	r->plan_rects = (uint64_t)r->geom.n_layers * r->max_runs;
-	r->off_runs = n_frames * r->frame_pitch;
-	r->off_rects = stage_align(r->off_runs + r->plan_runs * sizeof(struct shadow_copy_run));
-	r->off_scratch_runs = stage_align(r->off_rects +
-					  r->plan_rects * sizeof(struct shadow__copy_rect));
-	r->off_scratch_rects = stage_align(r->off_scratch_runs +
+	s->frame_pitch = stage_align(r->frame_nbytes);
+	s->plan_runs = n_frames * r->max_runs;
+	s->plan_rects = (uint64_t)r->geom.n_layers * r->max_runs;
+	s->off_runs = n_frames * s->frame_pitch;
+	s->off_rects = stage_align(s->off_runs + s->plan_runs * sizeof(struct shadow_copy_run));
+	s->off_scratch_runs = stage_align(s->off_rects +
+					  s->plan_rects * sizeof(struct shadow__copy_rect));
+	s->off_scratch_rects = stage_align(s->off_scratch_runs +
 					   r->max_runs * sizeof(struct shadow_copy_run));
-	return r->off_scratch_rects + r->max_runs * sizeof(struct shadow__copy_rect);
+	return s->off_scratch_rects + r->max_runs * sizeof(struct shadow__copy_rect);
 }
 
 /*
@@ -1469,7 +1482,7 @@ static int region_size(struct pl_region *r, uint64_t *stage_nbytes_ret)
 	if (rc < 0 && rc != -ENOBUFS)
 		return rc;
 	r->max_runs = (uint32_t)n_runs;
-	*stage_nbytes_ret = stage_layout(r);
+	*stage_nbytes_ret = stage_layout(r, &r->stage);
 	return 0;
 }
 
@@ -1493,7 +1506,7 @@ int shadow__pipeline_stage_size(const struct shadow_kv_geometry *geom,
 	if (rc < 0)
 		return rc;
 	*stage_nbytes_ret = (need + 4095) & ~(uint64_t)4095;
-	*frame_pitch_ret = r.frame_pitch;
+	*frame_pitch_ret = r.stage.frame_pitch;
 	return 0;
 }
 
@@ -1557,13 +1570,7 @@ int shadow__pipeline_region_add(struct shadow__pipeline *pl, const struct shadow
 	slot->bpc = r.bpc;
 	slot->max_runs = r.max_runs;
 	slot->frame_nbytes = r.frame_nbytes;
-	slot->frame_pitch = r.frame_pitch;
-	slot->off_runs = r.off_runs;
-	slot->off_rects = r.off_rects;
-	slot->off_scratch_runs = r.off_scratch_runs;
-	slot->off_scratch_rects = r.off_scratch_rects;
-	slot->plan_runs = r.plan_runs;
-	slot->plan_rects = r.plan_rects;
+	slot->stage = r.stage;
 	slot->raw_nbytes = r.raw_nbytes;
 	slot->geom = r.geom;
 	slot->layout = r.layout;
