@@ -3175,7 +3175,11 @@ static void print_setup(const struct bench *b)
 	printf("copy plan per chunk: %.1f runs + %.1f rectangles (per-frame plans: %.1f runs)\n",
 	       (double)n_runs / ds->n_chunks, (double)n_rects / ds->n_chunks,
 	       (double)n_frame_runs / ds->n_chunks);
-	if (o->cuda)
+	if (o->cuda && getenv("SHADOW_CUDA_RECTS") != NULL)
+		printf("cuda: rectangles as SHADOW_CUDA_RECTS=%s says (the model: %.1f per chunk "
+		       "as lines from %u copy thread(s))\n", getenv("SHADOW_CUDA_RECTS"),
+		       (double)n_line_rects / ds->n_chunks, o->copy_threads);
+	else if (o->cuda)
 		printf("cuda: %.1f rectangles per chunk copied as lines from %u copy thread(s), "
 		       "the rest as 2D copies\n", (double)n_line_rects / ds->n_chunks,
 		       o->copy_threads);

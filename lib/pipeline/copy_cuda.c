@@ -52,7 +52,10 @@
  * copy thread (the dumps' 12 lines of 8 KiB: 4.4 us against 5.5 from four threads) and sends
  * wide lines from several threads as lines (12 lines of 32 KiB from four threads: 7.4 us
  * against 9.9), the two cases docs/results.md measured each way. The model's constants were
- * measured on one machine; another host moves the crossing, not what is copied.
+ * measured on one machine; another host moves the crossing, not what is copied. The
+ * environment variable SHADOW_CUDA_RECTS=2d or =lines, read when a context is made, sends
+ * every rectangle one way (a pitch beyond SHADOW_GPU_PITCH_MAX still goes as lines), to
+ * measure the model's choice against both.
  *
  * If issuing fails half-way, submit() waits for the stream before returning the error, so
  * that the caller may reuse the job's source memory at once. A copy that fails on the device
@@ -122,6 +125,13 @@ struct cuda_lane {
 	void *events[SHADOW__COPY_INFLIGHT_MAX]; /* by job slot; NULL until first used */
 };
 
+/* How a context copies rectangles. */
+enum cuda_rects {
+	CUDA_RECTS_MODEL, /* each by the cost model (shadow__copy_cuda_rect_as_lines) */
+	CUDA_RECTS_2D,    /* each as one 2D copy, where its pitches allow */
+	CUDA_RECTS_LINES, /* each as its lines */
+};
+
 struct cuda_job {
 	void *user;
 	void *event; /* recorded after the job's copies (its group's); NULL while queued */
@@ -144,6 +154,7 @@ struct shadow__copy_ctx {
 	uint32_t pending_first;
 	struct cuda_lane *pending_lane;
 	uint32_t peers;         /* ctx_create's: threads issuing copies like this one */
+	enum cuda_rects rects;  /* how rectangles go (SHADOW_CUDA_RECTS) */
 };
 
 static int cuda_region_open(const struct shadow__region_mem *mem,
@@ -215,6 +226,22 @@ static void cuda_region_close(struct shadow__copy_region *r)
 	free(r);
 }
 
+/* SHADOW_CUDA_RECTS: unset or "model", the cost model; "2d" or "lines" to measure one way
+ * against the other (bench_pipeline's copy term). */
+static enum cuda_rects cuda_rects_from_env(void)
+{
+	const char *e = getenv("SHADOW_CUDA_RECTS");
+
+	if (e == NULL || strcmp(e, "model") == 0)
+		return CUDA_RECTS_MODEL;
+	if (strcmp(e, "2d") == 0)
+		return CUDA_RECTS_2D;
+	if (strcmp(e, "lines") == 0)
+		return CUDA_RECTS_LINES;
+	SHADOW_LOGW("SHADOW_CUDA_RECTS=%s: want model, 2d or lines; using the model", e);
+	return CUDA_RECTS_MODEL;
+}
+
 static int cuda_ctx_create(uint32_t peers, struct shadow__copy_ctx **ctx_ret)
 {
 	const struct shadow__gpu_ops *gpu;
@@ -234,6 +261,7 @@ static int cuda_ctx_create(uint32_t peers, struct shadow__copy_ctx **ctx_ret)
 	ctx->gpu = gpu;
 	ctx->cur_device = -1;
 	ctx->peers = peers;
+	ctx->rects = cuda_rects_from_env();
 	*ctx_ret = ctx;
 	return 0;
 }
@@ -349,8 +377,17 @@ bool shadow__copy_cuda_rect_as_lines(uint32_t peers, const struct shadow__copy_r
 static bool cuda_rect_as_lines(const struct shadow__copy_ctx *ctx,
 			       const struct shadow__copy_rect *q)
 {
-	return shadow__copy_cuda_rect_as_lines(ctx->peers, q);
+	switch (ctx->rects) {
+	case CUDA_RECTS_2D:
+		return q->dst_pitch > SHADOW_GPU_PITCH_MAX || q->src_pitch > SHADOW_GPU_PITCH_MAX;
+	case CUDA_RECTS_LINES:
+		return true;
+	case CUDA_RECTS_MODEL:
+	default:
+		return shadow__copy_cuda_rect_as_lines(ctx->peers, q);
+	}
 }
+
 
 /* The batched copies `job` makes: its runs of nonzero size and the lines of the rectangles
  * it copies as lines. */
