@@ -42,22 +42,25 @@
  * its `height` lines, each a batched copy; which is cheaper depends on what binds. A 2D copy
  * costs the issuing thread 2-3 us whatever its height, and the copy engine about
  * CUDA_2D_OP_NS beyond its bytes (2D copies from several threads do not add up: the engine
- * is the limit); a batched copy costs the engine only its bytes and the issuing thread about
- * half a microsecond inside a chunk's calls of up to CUDA_COPY_BATCH_MAX copies, and more
- * copy threads issue more of them (with diminishing returns: cuda_line_issue_ns). So, for h
+ * is the limit); a batched copy costs the engine only its bytes and the issuing thread
+ * 0.5-1 us, and more copy threads issue more of them (with diminishing returns). So, for h
  * lines of w bytes and a line time t = w / CUDA_H2D_BYTES_PER_NS:
  *
  *	as one 2D copy   CUDA_2D_OP_NS + h * t            (engine-bound)
  *	as h lines       h * max(t, line_issue_ns(peers))  (issue- or engine-bound)
  *
- * and the smaller wins. The constants were fitted to bench_pipeline's copy term on the H100
- * host, each rectangle shape measured both ways (docs/results.md, "2D copy or lines"): 12
- * lines of 32 KiB (the dumps' 6 layers, 64-token blocks) go as lines even from one copy
- * thread (50 GB/s against 37 as 2D copies), 12 or 64 lines of 8 KiB as 2D copies (21 against
- * 17 GB/s from one thread; at 64 lines 41 against 19 from four). Another host moves the
- * crossings, not what is copied. The environment variable SHADOW_CUDA_RECTS=2d or =lines,
- * read when a context is made, sends every rectangle one way (a pitch beyond
- * SHADOW_GPU_PITCH_MAX still goes as lines), to measure the model's choice against both.
+ * and the smaller wins. Measured both ways on the H100 host (bench_pipeline's copy term,
+ * docs/results.md "2D copy or lines"), 2D copies moved the same GB/s run after run (within
+ * 2%), while batched lines, bound by the issuing thread on a shared guest, moved 1.5-2x more
+ * in one run than in another (12 lines of 16 KiB from one thread: 33-35 GB/s in one run,
+ * 17-23 in the next, against 29-30 as 2D copies). So cuda_line_issue_ns holds a thread's
+ * slow cost, not its best (the ~1 us per copy that copy_lab measures too), and lines are
+ * chosen only where they win even then: wide lines from two or more copy threads (12 lines
+ * of 32 KiB: 49-50 GB/s from two or four threads against 38-39 as 2D copies), single lines.
+ * Another host moves the crossings, not what is copied. The environment variable
+ * SHADOW_CUDA_RECTS=2d or =lines, read when a context is made, sends every rectangle one way
+ * (a pitch beyond SHADOW_GPU_PITCH_MAX still goes as lines), to measure the model's choice
+ * against both.
  *
  * If issuing fails half-way, submit() waits for the stream before returning the error, so
  * that the caller may reuse the job's source memory at once. A copy that fails on the device
@@ -102,10 +105,11 @@
  * fitted to the H100 host (bench_pipeline's copy term, docs/results.md "2D copy or lines"): */
 #define CUDA_2D_OP_NS 2500u        /* copy engine time per 2D operation beyond its bytes */
 #define CUDA_H2D_BYTES_PER_NS 48u  /* what the lines of a 2D copy move at, bytes per ns */
-/* Time per batched copy of a small line, all issuing threads together, by their number (8
- * and 16 KiB lines of chunk jobs: 480-490 ns from one thread, 380 from two, 370-440 from
- * four); more than four add nothing measurable. */
-static const uint64_t cuda_line_issue_ns[] = { 480, 390, 380, 370 };
+/* Time per batched copy of a small line, all issuing threads together, by their number, as
+ * it is when the issuing CPUs are slow (DESIGN): copy_lab's 8 KiB copies from 1, 2 and 4
+ * threads, 8.4, 13.9 and 17.7 GB/s; in good runs of the copy term a chunk job's lines cost
+ * half that. More than four threads add nothing measurable. */
+static const uint64_t cuda_line_issue_ns[] = { 980, 590, 520, 460 };
 
 SHADOW_STATIC_ASSERT(SHADOW__CUDA_IPC_HANDLE_NBYTES == SHADOW_GPU_IPC_HANDLE_NBYTES,
 		     "copy.h and gpu.h disagree on the size of an IPC handle");
