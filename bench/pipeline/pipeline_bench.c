@@ -1571,7 +1571,11 @@ static int latency_ops(struct bench *b, struct shadow__pipeline *pl, uint32_t re
 		fprintf(stderr, "%s: latency: out of memory\n", b->o->prog);
 		return -ENOMEM;
 	}
-	sem_init(&lo->sem, 0, 0);
+	if (sem_init(&lo->sem, 0, 0) < 0) {
+		fprintf(stderr, "%s: latency: sem_init: %s\n", b->o->prog, strerror(errno));
+		free(lo);
+		return -ENOMEM;
+	}
 	for (uint32_t k = 0; k < n; k++) {
 		const uint64_t i0 = (k % n_windows) * (uint64_t)op_chunks;
 		struct shadow__op *op = &lo->op;

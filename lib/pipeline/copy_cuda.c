@@ -25,9 +25,9 @@
  * region's device current (cached: the context assumes nobody else changes its thread's
  * device), issues the rectangles it copies in 2D at once (on the stream the group's flush
  * will use) and appends the runs, and the lines of the other rectangles, to the context's
- * dst/src/size arrays; flush() issues every copy queued since the last flush with ONE
- * memcpy_h2d_batch call (cudaMemcpyBatchAsync) and records one event after it, which every
- * job of that group waits on. The caller flushes after each burst of submits; submit flushes
+ * dst/src/size arrays; flush() issues the copies still queued with one memcpy_h2d_batch call
+ * (cudaMemcpyBatchAsync) and records one event after it, which every job of that group waits
+ * on. The caller flushes after each burst of submits; submit flushes
  * by itself when the arrays would overflow or the device changes. The arrays are read during
  * the call only, so one set per context serves every group; a job with more than
  * CUDA_COPY_BATCH_MAX batched copies starts a group and issues full calls on its stream as
@@ -49,14 +49,18 @@
  *	as one 2D copy   CUDA_2D_OP_NS + h * t            (engine-bound)
  *	as h lines       h * max(t, line_issue_ns(peers))  (issue- or engine-bound)
  *
- * and the smaller wins. Measured both ways on the H100 host (bench_pipeline's copy term,
- * docs/results.md "2D copy or lines"), 2D copies moved the same GB/s run after run (within
- * 2%), while batched lines, bound by the issuing thread on a shared guest, moved 1.5-2x more
- * in one run than in another (12 lines of 16 KiB from one thread: 33-35 GB/s in one run,
- * 17-23 in the next, against 29-30 as 2D copies). So cuda_line_issue_ns holds a thread's
- * slow cost, not its best (the ~1 us per copy that copy_lab measures too), and lines are
- * chosen only where they win even then: wide lines from two or more copy threads (12 lines
- * of 32 KiB: 49-50 GB/s from two or four threads against 38-39 as 2D copies), single lines.
+ * and lines are taken only when they cost a quarter less than the 2D copy
+ * (CUDA_LINES_MARGIN): a 2D copy's time is steady, a line's is not. Measured both ways on the
+ * H100 host (bench_pipeline's copy term, docs/results.md "2D copy or lines"), 2D copies moved
+ * the same GB/s run after run (within 2%), while batched lines, bound by the issuing thread
+ * on a shared guest, moved 1.5-2x more in one run than in another (12 lines of 16 KiB from one
+ * thread: 35 GB/s in one run, 18 in the next, against 29-30 as 2D copies). So
+ * cuda_line_issue_ns holds a thread's slow cost, not its best (the ~1 us per copy that
+ * copy_lab measures too). What goes as lines then: wide lines from two or more copy threads
+ * (12 lines of 32 KiB: 49-51 GB/s from two or four threads against 38-39 as 2D copies), and
+ * rectangles of a few lines (up to 2 from one thread, 4 from four), whose one 2D operation
+ * costs more than their batched copies; the rest, the tall rectangles of deep models and the
+ * narrow lines of small blocks, goes as 2D copies.
  * Another host moves the crossings, not what is copied. The environment variable
  * SHADOW_CUDA_RECTS=2d or =lines, read when a context is made, sends every rectangle one way
  * (a pitch beyond SHADOW_GPU_PITCH_MAX still goes as lines), to measure the model's choice
@@ -92,7 +96,7 @@
 #define CUDA_COPY_STREAMS 1u
 #endif
 /* Copies per batch call; a group of jobs flushes when the next would pass it, and a job with
- * more runs is issued alone in several calls. The driver spends about 1 us of the issuing
+ * more copies starts a group and issues full calls as it fills them. The driver spends about 1 us of the issuing
  * thread per copy, and the copy engine seems to start on a call's copies only once the call
  * has returned: on the H100 host calls of 32-256 scattered copies moved 8 KiB blocks at
  * 8.1-8.4 GB/s, 32 KiB at 33-34 and 128 KiB at 52-53, against 7.0, 26 and 39 GB/s in calls of
@@ -105,6 +109,7 @@
  * fitted to the H100 host (bench_pipeline's copy term, docs/results.md "2D copy or lines"): */
 #define CUDA_2D_OP_NS 2500u        /* copy engine time per 2D operation beyond its bytes */
 #define CUDA_H2D_BYTES_PER_NS 48u  /* what the lines of a 2D copy move at, bytes per ns */
+#define CUDA_LINES_MARGIN 4u       /* lines must cost at most 1 - 1/4 of the 2D copy */
 /* Time per batched copy of a small line, all issuing threads together, by their number, as
  * it is when the issuing CPUs are slow (DESIGN): copy_lab's 8 KiB copies from 1, 2 and 4
  * threads, 8.4, 13.9 and 17.7 GB/s; in good runs of the copy term a chunk job's lines cost
@@ -351,6 +356,9 @@ static int cuda_push(struct shadow__copy_ctx *ctx, void *stream, cuda_batch_fn b
 		     const void *src, size_t size)
 {
 	if (ctx->pending_n == CUDA_COPY_BATCH_MAX) {
+		/* Only a job that started a group fills the arrays (cuda_job_batched counts what
+		 * cuda_issue_job queues): no other job's copies go out with its. */
+		SHADOW_ASSERT(ctx->pending_first == ctx->tail);
 		int err = batch(stream, ctx->dsts, ctx->srcs, ctx->sizes, ctx->pending_n);
 		if (err != 0)
 			return err;
@@ -375,7 +383,8 @@ bool shadow__copy_cuda_rect_as_lines(uint32_t peers, const struct shadow__copy_r
 	if (!shadow_mul_u64(q->height, line_ns, &as_2d) ||
 	    !shadow_add_u64(as_2d, CUDA_2D_OP_NS, &as_2d))
 		as_2d = UINT64_MAX;
-	if (!shadow_mul_u64(q->height, SHADOW_MAX(line_ns, cuda_line_issue_ns[k - 1]), &as_lines))
+	if (!shadow_mul_u64(q->height, SHADOW_MAX(line_ns, cuda_line_issue_ns[k - 1]), &as_lines) ||
+	    !shadow_add_u64(as_lines, as_lines / CUDA_LINES_MARGIN, &as_lines))
 		as_lines = UINT64_MAX;
 	return as_lines < as_2d;
 }

@@ -465,7 +465,8 @@ static void chunk_release_frames(struct pl_chunk *c, uint64_t landed)
 		c->frames_released++;
 		released++;
 	}
-	doorbell_ring_n(&pl->decode_bell, released);
+	if (released > 0)
+		doorbell_ring_n(&pl->decode_bell, released);
 }
 
 /* on_data of a chunk's GET: parse the metadata once it is in, then release frames. */

@@ -643,8 +643,15 @@ static void test_cuda_rect_choice(void **state)
 	/* 64 lines of 8 KiB (32 layers) from four threads: one 2D copy (41 against 19). */
 	q = rect_of(64, 8 * KiB);
 	assert_false(shadow__copy_cuda_rect_as_lines(4, &q));
-	/* 64 lines of 32 KiB: 2D from one thread (51-53), lines from four (52-53 against 51). */
+	/* 64 lines of 32 KiB: 2D from one thread (51; lines 53) and from four (51; lines
+	 * 52-53): within the noise, so the steady 2D copy. */
 	q = rect_of(64, 32 * KiB);
+	assert_false(shadow__copy_cuda_rect_as_lines(1, &q));
+	assert_false(shadow__copy_cuda_rect_as_lines(4, &q));
+	/* A few lines: cheaper as batched copies than one 2D operation. */
+	q = rect_of(2, 8 * KiB);
+	assert_true(shadow__copy_cuda_rect_as_lines(1, &q));
+	q = rect_of(4, 8 * KiB);
 	assert_false(shadow__copy_cuda_rect_as_lines(1, &q));
 	assert_true(shadow__copy_cuda_rect_as_lines(4, &q));
 	/* One line is never worth a 2D operation. */
@@ -692,9 +699,11 @@ static int hex_decode(const char *s, uint8_t *b, size_t n)
 /*
  * The child's whole work, in a process that did not export the handle: open the region,
  * scatter a job of more runs than one batch call takes and read it back, restore FILL, check
- * -EAGAIN and bad runs, a rectangle (2D copy) good and bad, then copy the scenario's chunk
- * from pinned memory as one job of rectangles and as a job per frame, reading each back. The
- * parent checks the region's final bytes.
+ * -EAGAIN and bad runs, a rectangle (2D copy) good and bad, a job of rectangles copied both
+ * ways from contexts of 1 and 8 peers (unless SHADOW_CUDA_RECTS forces one way), a group of
+ * jobs one of which spans batch calls, then copy the scenario's chunk from pinned memory as
+ * one job of rectangles and as a job per frame, reading each back. The parent checks the
+ * region's final bytes.
  */
 static void test_cuda_child(void **state)
 {
@@ -848,6 +857,37 @@ static void test_cuda_child(void **state)
 		reap_all(ops, both[k], 1, 92);
 	}
 	ops->ctx_destroy(ctx8);
+
+	/* 3c. One group of three jobs, flushed once: one of more copies than a batch call takes
+	 * (issued in part on the way), then a run, then a 2D copy; every job's bytes land. */
+	struct shadow_copy_run many[200];
+	for (uint32_t i = 0; i < SHADOW_ARRAY_SIZE(many); i++)
+		many[i] = (struct shadow_copy_run){ .src_offset = 4u * i, .dst_offset = 8u * i,
+						    .nbytes = 4 };
+	const struct shadow_copy_run one = { .src_offset = 2000, .dst_offset = 4000,
+					     .nbytes = 100 };
+	struct shadow__copy_job group[] = {
+		{ .region = r, .src = c, .runs = many, .n_runs = SHADOW_ARRAY_SIZE(many),
+		  .user = (void *)(uintptr_t)93 },
+		{ .region = r, .src = c, .runs = &one, .n_runs = 1, .user = (void *)(uintptr_t)94 },
+		{ .region = r, .src = c, .rects = &mixed[1], .n_rects = 1,
+		  .user = (void *)(uintptr_t)95 },
+	};
+	memset(want, FILL, R);
+	for (uint32_t i = 0; i < SHADOW_ARRAY_SIZE(many); i++)
+		memcpy(want + many[i].dst_offset, c + many[i].src_offset, many[i].nbytes);
+	memcpy(want + one.dst_offset, c + one.src_offset, one.nbytes);
+	for (uint64_t j = 0; j < mixed[1].height; j++)
+		memcpy(want + mixed[1].dst_offset + j * mixed[1].dst_pitch,
+		       c + mixed[1].src_offset + j * mixed[1].src_pitch, mixed[1].width);
+	for (size_t k = 0; k < SHADOW_ARRAY_SIZE(group); k++)
+		assert_int_equal(ops->submit(ctx, &group[k]), 0);
+	reap_all(ops, ctx, SHADOW_ARRAY_SIZE(group), 93);
+	assert_int_equal(ops->read(ctx, r, &whole, 1, b), 0);
+	assert_memory_equal(b, want, R);
+	job.user = (void *)(uintptr_t)96;
+	assert_int_equal(ops->submit(ctx, &job), 0);
+	reap_all(ops, ctx, 1, 96);
 	free(want);
 
 	/* 4. The whole chunk as one job of runs and rectangles, as the pipeline copies it; then
