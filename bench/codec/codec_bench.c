@@ -881,25 +881,18 @@ int shadow_bench_codec_main(int argc, char **argv)
 			o.synthetic = true;
 		}
 	}
-	if (o.csv_path != NULL) {
-		csv = fopen(o.csv_path, "w");
-		if (csv == NULL) {
-			fprintf(stderr, "%s: %s: %s\n", o.prog, o.csv_path, strerror(errno));
-			status = 1;
-			goto out;
-		}
-		fprintf(csv, "scheme,ratio,encode_gbps,decode_gbps,memcpy_gbps,k_rel_rmse,"
-			     "v_rel_rmse,k_max_abs,v_max_abs,attn_rel_err\n");
+	if (o.csv_path != NULL &&
+	    (csv = bench_csv_open(o.prog, o.csv_path, "scheme,ratio,encode_gbps,decode_gbps,"
+				  "memcpy_gbps,k_rel_rmse,v_rel_rmse,k_max_abs,v_max_abs,"
+				  "attn_rel_err")) == NULL) {
+		status = 1;
+		goto out;
 	}
-	if (o.csv_layers_path != NULL) {
-		csv_layers = fopen(o.csv_layers_path, "w");
-		if (csv_layers == NULL) {
-			fprintf(stderr, "%s: %s: %s\n", o.prog, o.csv_layers_path, strerror(errno));
-			status = 1;
-			goto out;
-		}
-		fprintf(csv_layers,
-			"scheme,file,layer,k_rel_rmse,v_rel_rmse,attn_rel_err,encoded_nbytes\n");
+	if (o.csv_layers_path != NULL &&
+	    (csv_layers = bench_csv_open(o.prog, o.csv_layers_path, "scheme,file,layer,k_rel_rmse,"
+					 "v_rel_rmse,attn_rel_err,encoded_nbytes")) == NULL) {
+		status = 1;
+		goto out;
 	}
 
 	files = calloc((size_t)o.n_paths + 1, sizeof(*files));

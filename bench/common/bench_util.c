@@ -122,6 +122,19 @@ int bench_file_exists(const char *path)
 	return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
+FILE *bench_csv_open(const char *prog, const char *path, const char *header)
+{
+	FILE *f = fopen(path, "w");
+
+	if (f == NULL || fprintf(f, "%s\n", header) < 0 || fflush(f) != 0) {
+		fprintf(stderr, "%s: %s: %s\n", prog, path, strerror(errno));
+		if (f != NULL)
+			fclose(f);
+		return NULL;
+	}
+	return f;
+}
+
 const char *bench_opt_value(int argc, char **argv, int *i, const char *name, bool *missing)
 {
 	size_t n = strlen(name);

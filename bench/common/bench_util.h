@@ -46,6 +46,10 @@ int bench_read_file(const char *path, uint64_t max_nbytes, uint8_t **buf_ret,
 /* Whether `path` names an existing regular file. */
 int bench_file_exists(const char *path);
 
+/* Create (truncate) the CSV file `path` and write its `header` line (without the newline),
+ * flushed. NULL on failure, printed as "PROG: PATH: why". */
+FILE *bench_csv_open(const char *prog, const char *path, const char *header);
+
 /*
  * Command-line option `name` at argv[*i], as `--name VALUE` or `--name=VALUE`: returns the
  * value (advancing *i past it), or NULL if argv[*i] is another option; sets *missing when the

@@ -3466,26 +3466,17 @@ int shadow_bench_pipeline_main(int argc, char **argv)
 		if (opts.quant == SHADOW_QUANT_PCA && b.ds.transform == NULL)
 			printf("scheme %s: skipped (no PCA transform)\n", o.schemes[k]);
 	}
-	if (o.csv_path != NULL) {
-		b.csv = fopen(o.csv_path, "w");
-		if (b.csv == NULL) {
-			fprintf(stderr, "%s: %s: %s\n", o.prog, o.csv_path, strerror(errno));
-			b.status = 1;
-			goto out;
-		}
-		fprintf(b.csv, "store,scheme,decode_threads,goodput_gbps,cpu_s_per_gb,bound_gbps\n");
-		fflush(b.csv);
+	if (o.csv_path != NULL &&
+	    (b.csv = bench_csv_open(o.prog, o.csv_path, "store,scheme,decode_threads,goodput_gbps,"
+				    "cpu_s_per_gb,bound_gbps")) == NULL) {
+		b.status = 1;
+		goto out;
 	}
-	if (o.lat_csv_path != NULL) {
-		b.lat_csv = fopen(o.lat_csv_path, "w");
-		if (b.lat_csv == NULL) {
-			fprintf(stderr, "%s: %s: %s\n", o.prog, o.lat_csv_path, strerror(errno));
-			b.status = 1;
-			goto out;
-		}
-		fprintf(b.lat_csv, "store,scheme,decode_threads,op_chunks,n,p50_us,p90_us,p99_us,"
-			"max_us\n");
-		fflush(b.lat_csv);
+	if (o.lat_csv_path != NULL &&
+	    (b.lat_csv = bench_csv_open(o.prog, o.lat_csv_path, "store,scheme,decode_threads,"
+					"op_chunks,n,p50_us,p90_us,p99_us,max_us")) == NULL) {
+		b.status = 1;
+		goto out;
 	}
 
 	/* The copy term, once: it depends on the destination only. */

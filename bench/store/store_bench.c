@@ -1475,15 +1475,11 @@ int shadow_bench_store_main(int argc, char **argv)
 	ign.sa_handler = SIG_IGN;
 	sigaction(SIGPIPE, &ign, &old_pipe);
 
-	if (o.csv_path != NULL) {
-		b.csv = fopen(o.csv_path, "w");
-		if (b.csv == NULL) {
-			fprintf(stderr, "%s: %s: %s\n", o.prog, o.csv_path, strerror(errno));
-			b.status = 1;
-			goto out;
-		}
-		fprintf(b.csv, "client,value_mib,connections,goodput_gbps\n");
-		fflush(b.csv);
+	if (o.csv_path != NULL &&
+	    (b.csv = bench_csv_open(o.prog, o.csv_path,
+				    "client,value_mib,connections,goodput_gbps")) == NULL) {
+		b.status = 1;
+		goto out;
 	}
 	b.pool = alloc_pages((uint64_t)max_mib * MIB + (uint64_t)n_values * KEY_STRIDE);
 	b.alt = alloc_pages((uint64_t)max_mib * MIB);
