@@ -27,15 +27,15 @@
  * will use) and appends the runs, and the lines of the other rectangles, to the context's
  * dst/src/size arrays; flush() issues the copies still queued with one memcpy_h2d_batch call
  * (cudaMemcpyBatchAsync) and records one event after it, which every job of that group waits
- * on. The caller flushes after each burst of submits; submit flushes
- * by itself when the arrays would overflow or the device changes. The arrays are read during
- * the call only, so one set per context serves every group; a job with more than
- * CUDA_COPY_BATCH_MAX batched copies starts a group and issues full calls on its stream as
- * it fills them, never refused. Zero-byte runs are skipped. The copies of a batch run in no
- * set order, so of two runs that overlap in the region (a block id repeated in a block table)
- * either may win, where the host backend leaves the later one. reap() queries events oldest first and
- * stops at the first unfinished one, so completions come back in submission order even though
- * the streams may finish out of order. Nothing is allocated per job once a lane and its
+ * on. The caller flushes after each burst of submits; submit flushes by itself when the
+ * arrays would overflow or the device changes. The arrays are read during the call only, so
+ * one set per context serves every group; a job with more than CUDA_COPY_BATCH_MAX batched
+ * copies starts a group and issues full calls on its stream as it fills them, never refused.
+ * Zero-byte runs are skipped. The copies of a batch run in no set order, so of two runs that
+ * overlap in the region (a block id repeated in a block table) either may win, where the host
+ * backend leaves the later one. reap() queries events oldest first and stops at the first
+ * unfinished one, so completions come back in submission order even though the streams may
+ * finish out of order. Nothing is allocated per job once a lane and its
  * events exist: events are created at the first use of each (device, slot).
  *
  * Rectangles. A rectangle (the same block of consecutive frames) can go as one 2D copy or as
@@ -96,12 +96,12 @@
 #define CUDA_COPY_STREAMS 1u
 #endif
 /* Copies per batch call; a group of jobs flushes when the next would pass it, and a job with
- * more copies starts a group and issues full calls as it fills them. The driver spends about 1 us of the issuing
- * thread per copy, and the copy engine seems to start on a call's copies only once the call
- * has returned: on the H100 host calls of 32-256 scattered copies moved 8 KiB blocks at
- * 8.1-8.4 GB/s, 32 KiB at 33-34 and 128 KiB at 52-53, against 7.0, 26 and 39 GB/s in calls of
- * 4096 (bench/research/copy_lab.cu, docs/results.md). Each group also gets its own event, so
- * its source memory comes back sooner. */
+ * more copies starts a group and issues full calls as it fills them. The driver spends about
+ * 1 us of the issuing thread per copy, and the copy engine seems to start on a call's copies
+ * only once the call has returned: on the H100 host calls of 32-256 scattered copies moved
+ * 8 KiB blocks at 8.1-8.4 GB/s, 32 KiB at 33-34 and 128 KiB at 52-53, against 7.0, 26 and
+ * 39 GB/s in calls of 4096 (bench/research/copy_lab.cu, docs/results.md). Each group also
+ * gets its own event, so its source memory comes back sooner. */
 #define CUDA_COPY_BATCH_MAX 128u
 #define CUDA_COPY_DEVICES_MAX 16u /* device ordinals a context can copy to */
 

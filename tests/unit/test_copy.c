@@ -361,43 +361,63 @@ static void test_host_layouts(void **state)
 		check_host_layout(all_kinds[i]);
 }
 
+/* A FILL'ed memfd region of R bytes opened by the host backend, and a context for it. */
+struct host_region {
+	int fd;
+	uint64_t file_nbytes;
+	struct shadow__copy_region *r;
+	struct shadow__copy_ctx *ctx;
+};
+
+static void host_region_open(struct host_region *h, uint64_t R)
+{
+	const struct shadow__copy_ops *ops = &shadow__copy_host_ops;
+
+	h->fd = memfd_region(0, R, &h->file_nbytes);
+	struct shadow__region_mem mem = host_mem(h->fd, 0, R);
+	assert_int_equal(ops->region_open(&mem, &h->r), 0);
+	assert_int_equal(ops->ctx_create(1, &h->ctx), 0);
+}
+
+static void host_region_close(struct host_region *h)
+{
+	shadow__copy_host_ops.ctx_destroy(h->ctx);
+	shadow__copy_host_ops.region_close(h->r);
+	close(h->fd);
+}
+
 static void test_host_bad_runs(void **state)
 {
 	(void)state;
 	const struct shadow__copy_ops *ops = &shadow__copy_host_ops;
 	const uint64_t R = 10000;
-	uint64_t file_nbytes;
-	int fd = memfd_region(0, R, &file_nbytes);
-	struct shadow__region_mem mem = host_mem(fd, 0, R);
-	struct shadow__copy_region *r;
-	struct shadow__copy_ctx *ctx;
+	struct host_region h;
 	uint8_t src[64];
 
+	host_region_open(&h, R);
 	memset(src, 0x11, sizeof(src));
-	assert_int_equal(ops->region_open(&mem, &r), 0);
-	assert_int_equal(ops->ctx_create(1, &ctx), 0);
 
 	/* A good run then one that crosses the end: nothing at all is written. */
 	struct shadow_copy_run crossing[] = { { 0, 0, 16 }, { 16, R - 4, 8 } };
-	struct shadow__copy_job job = { .region = r, .src = src, .runs = crossing, .n_runs = 2 };
-	assert_int_equal(ops->submit(ctx, &job), -EINVAL);
+	struct shadow__copy_job job = { .region = h.r, .src = src, .runs = crossing, .n_runs = 2 };
+	assert_int_equal(ops->submit(h.ctx, &job), -EINVAL);
 	/* dst_offset + nbytes overflows. */
 	struct shadow_copy_run wrap[] = { { 0, UINT64_MAX - 2, 4 } };
 	job.runs = wrap;
 	job.n_runs = 1;
-	assert_int_equal(ops->submit(ctx, &job), -EINVAL);
+	assert_int_equal(ops->submit(h.ctx, &job), -EINVAL);
 	/* A run starting at the end, even empty, is inside; one starting beyond is not. */
 	struct shadow_copy_run beyond[] = { { 0, R + 1, 0 } };
 	job.runs = beyond;
-	assert_int_equal(ops->submit(ctx, &job), -EINVAL);
-	assert_int_equal(ops->in_flight(ctx), 0);
-	assert_int_equal(ops->read(ctx, r, crossing, 2, src), -EINVAL);
-	assert_int_equal(ops->read(ctx, r, wrap, 1, src), -EINVAL);
+	assert_int_equal(ops->submit(h.ctx, &job), -EINVAL);
+	assert_int_equal(ops->in_flight(h.ctx), 0);
+	assert_int_equal(ops->read(h.ctx, h.r, crossing, 2, src), -EINVAL);
+	assert_int_equal(ops->read(h.ctx, h.r, wrap, 1, src), -EINVAL);
 
-	uint8_t *got = malloc(file_nbytes);
+	uint8_t *got = malloc(h.file_nbytes);
 	assert_non_null(got);
-	assert_int_equal(pread(fd, got, file_nbytes, 0), (ssize_t)file_nbytes);
-	for (uint64_t i = 0; i < file_nbytes; i++)
+	assert_int_equal(pread(h.fd, got, h.file_nbytes, 0), (ssize_t)h.file_nbytes);
+	for (uint64_t i = 0; i < h.file_nbytes; i++)
 		assert_int_equal(got[i], FILL);
 
 	/* The last bytes of the region, and nothing after them. */
@@ -405,16 +425,14 @@ static void test_host_bad_runs(void **state)
 	job.runs = last;
 	job.n_runs = 2;
 	job.user = &job;
-	assert_int_equal(ops->submit(ctx, &job), 0);
-	reap_all(ops, ctx, 1, (uintptr_t)&job);
-	assert_int_equal(pread(fd, got, file_nbytes, 0), (ssize_t)file_nbytes);
-	for (uint64_t i = 0; i < file_nbytes; i++)
+	assert_int_equal(ops->submit(h.ctx, &job), 0);
+	reap_all(ops, h.ctx, 1, (uintptr_t)&job);
+	assert_int_equal(pread(h.fd, got, h.file_nbytes, 0), (ssize_t)h.file_nbytes);
+	for (uint64_t i = 0; i < h.file_nbytes; i++)
 		assert_int_equal(got[i], i >= R - 16 && i < R ? 0x11 : FILL);
 
 	free(got);
-	ops->ctx_destroy(ctx);
-	ops->region_close(r);
-	close(fd);
+	host_region_close(&h);
 }
 
 /* Rectangles: lines at their pitches and nothing between them; a bad one refuses the job. */
@@ -423,17 +441,12 @@ static void test_host_rects(void **state)
 	(void)state;
 	const struct shadow__copy_ops *ops = &shadow__copy_host_ops;
 	const uint64_t R = 10000;
-	uint64_t file_nbytes;
-	int fd = memfd_region(0, R, &file_nbytes);
-	struct shadow__region_mem mem = host_mem(fd, 0, R);
-	struct shadow__copy_region *r;
-	struct shadow__copy_ctx *ctx;
+	struct host_region h;
 	uint8_t src[256];
 
+	host_region_open(&h, R);
 	for (size_t i = 0; i < sizeof(src); i++)
 		src[i] = (uint8_t)(i + 1);
-	assert_int_equal(ops->region_open(&mem, &r), 0);
-	assert_int_equal(ops->ctx_create(1, &ctx), 0);
 
 	/* A good rectangle and run, then one rectangle each way wrong: nothing is written. */
 	struct shadow_copy_run run = { 200, 50, 10 };
@@ -452,19 +465,19 @@ static void test_host_rects(void **state)
 		  .dst_pitch = 100, .height = 4 },
 		{ 0 },
 	};
-	struct shadow__copy_job job = { .region = r, .src = src, .runs = &run, .n_runs = 1,
+	struct shadow__copy_job job = { .region = h.r, .src = src, .runs = &run, .n_runs = 1,
 					.rects = rects, .n_rects = 2 };
 	for (size_t i = 0; i < SHADOW_ARRAY_SIZE(bad); i++) {
 		rects[1] = bad[i];
-		assert_int_equal(ops->submit(ctx, &job), -EINVAL);
+		assert_int_equal(ops->submit(h.ctx, &job), -EINVAL);
 	}
 	job.rects = NULL;
-	assert_int_equal(ops->submit(ctx, &job), -EINVAL); /* n_rects without rects */
-	assert_int_equal(ops->in_flight(ctx), 0);
-	uint8_t *got = malloc(file_nbytes);
+	assert_int_equal(ops->submit(h.ctx, &job), -EINVAL); /* n_rects without rects */
+	assert_int_equal(ops->in_flight(h.ctx), 0);
+	uint8_t *got = malloc(h.file_nbytes);
 	assert_non_null(got);
-	assert_int_equal(pread(fd, got, file_nbytes, 0), (ssize_t)file_nbytes);
-	for (uint64_t i = 0; i < file_nbytes; i++)
+	assert_int_equal(pread(h.fd, got, h.file_nbytes, 0), (ssize_t)h.file_nbytes);
+	for (uint64_t i = 0; i < h.file_nbytes; i++)
 		assert_int_equal(got[i], FILL);
 
 	/* The good rectangle, and one whose last line ends exactly at R. */
@@ -472,10 +485,10 @@ static void test_host_rects(void **state)
 					       .src_pitch = 8, .dst_pitch = 16, .height = 3 };
 	job.rects = rects;
 	job.user = &job;
-	assert_int_equal(ops->submit(ctx, &job), 0);
-	reap_all(ops, ctx, 1, (uintptr_t)&job);
-	assert_int_equal(pread(fd, got, file_nbytes, 0), (ssize_t)file_nbytes);
-	for (uint64_t i = 0; i < file_nbytes; i++) {
+	assert_int_equal(ops->submit(h.ctx, &job), 0);
+	reap_all(ops, h.ctx, 1, (uintptr_t)&job);
+	assert_int_equal(pread(h.fd, got, h.file_nbytes, 0), (ssize_t)h.file_nbytes);
+	for (uint64_t i = 0; i < h.file_nbytes; i++) {
 		int want = FILL;
 		if (i >= 50 && i < 60)
 			want = src[200 + i - 50];
@@ -489,9 +502,7 @@ static void test_host_rects(void **state)
 	}
 
 	free(got);
-	ops->ctx_destroy(ctx);
-	ops->region_close(r);
-	close(fd);
+	host_region_close(&h);
 }
 
 static void test_host_full_context(void **state)
