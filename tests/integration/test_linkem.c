@@ -2,7 +2,8 @@
  * test_linkem.c - linkem (tools/linkem) end to end: the real binary (argv[1], fork/exec) in
  * front of a source/sink server that runs in this process (a thread per connection).
  *
- * Covers: the down rate at 0.5, 1 and 2 Gbit/s within +-3% over ~1.5 s each (through the
+ * Covers: the down rate at 0.5, 1 and 2 Gbit/s within +-3% over ~1.5 s each (+-15% under a
+ * sanitizer: TOLERANCE) (through the
  * ring buffer, through a pipe, and the default); the up rate (measured where it lands, at the
  * server); one-way delays (ping-pong round trips of 2 x 20 ms, and 5 + 15 ms); a bulk transfer
  * through a delayed link still at its rate (10 ms through the ring, 2 ms through a pipe); two
@@ -50,7 +51,22 @@
 #define TEST_ALARM_S 60
 #define READY_TIMEOUT_MS 5000
 #define IO_TIMEOUT_S 10
-#define TOLERANCE 0.03           /* +-3% of the configured rate */
+/* +-3% of the configured rate; +-15% under a sanitizer, where linkem spends several times the
+ * CPU per byte and, on a shared two-CPU machine, the timings of its rate moved by more than 3%
+ * both ways (TSan, with two other processes spinning: four connections on two worker threads
+ * -4.7% to -7.7%, two connections sharing 1 Gbit/s +3.7% to +4.9%, each in one run of five or
+ * six, all three attempts). 15% still fails a link that does not shape, or shapes to the
+ * wrong rate. */
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+#define TOLERANCE 0.15
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
+#define TOLERANCE 0.15
+#endif
+#endif
+#ifndef TOLERANCE
+#define TOLERANCE 0.03
+#endif
 #define PERIOD 251u              /* the pattern: byte i is i % PERIOD */
 #define CHUNK (1u << 20)
 #define MANY_CONNS 300
@@ -401,7 +417,7 @@ static bool rate_ok(const char *what, double got, double want, int attempt)
 	bool ok = err <= TOLERANCE && err >= -TOLERANCE;
 
 	printf("  %-34s %7.4f Gbit/s (want %g, %+.2f%%)%s\n", what, got, want, err * 100,
-	       ok ? "" : "  outside +-3%");
+	       ok ? "" : "  outside the tolerance");
 	fflush(stdout);
 	if (!ok && attempt + 1 >= ATTEMPTS)
 		fail_msg("%s: %.4f Gbit/s, want %g +-%.0f%% (%d attempts)", what, got, want,
