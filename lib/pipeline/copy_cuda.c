@@ -371,9 +371,15 @@ static int cuda_push(struct shadow__copy_ctx *ctx, void *stream, cuda_batch_fn b
 	return 0;
 }
 
+/* Whether the 2D call takes q's pitches (SHADOW_GPU_PITCH_MAX: layers up to 2 GiB apart). */
+static bool cuda_rect_2d_ok(const struct shadow__copy_rect *q)
+{
+	return q->dst_pitch <= SHADOW_GPU_PITCH_MAX && q->src_pitch <= SHADOW_GPU_PITCH_MAX;
+}
+
 bool shadow__copy_cuda_rect_as_lines(uint32_t peers, const struct shadow__copy_rect *q)
 {
-	if (q->dst_pitch > SHADOW_GPU_PITCH_MAX || q->src_pitch > SHADOW_GPU_PITCH_MAX)
+	if (!cuda_rect_2d_ok(q))
 		return true;
 	const size_t k = SHADOW_MIN(SHADOW_MAX(peers, 1u), SHADOW_ARRAY_SIZE(cuda_line_issue_ns));
 	const uint64_t line_ns = q->width / CUDA_H2D_BYTES_PER_NS;
@@ -394,7 +400,7 @@ static bool cuda_rect_as_lines(const struct shadow__copy_ctx *ctx,
 {
 	switch (ctx->rects) {
 	case CUDA_RECTS_2D:
-		return q->dst_pitch > SHADOW_GPU_PITCH_MAX || q->src_pitch > SHADOW_GPU_PITCH_MAX;
+		return !cuda_rect_2d_ok(q);
 	case CUDA_RECTS_LINES:
 		return true;
 	case CUDA_RECTS_MODEL:
@@ -402,7 +408,6 @@ static bool cuda_rect_as_lines(const struct shadow__copy_ctx *ctx,
 		return shadow__copy_cuda_rect_as_lines(ctx->peers, q);
 	}
 }
-
 
 /* The batched copies `job` makes: its runs of nonzero size and the lines of the rectangles
  * it copies as lines. */
