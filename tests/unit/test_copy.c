@@ -635,39 +635,46 @@ static void test_cuda_rect_choice(void **state)
 {
 	(void)state;
 	const uint64_t KiB = 1024;
+	/* Each shape, the copy threads, and the choice, with what the H100 measured (GB/s). */
+	static const struct {
+		uint64_t height, width;
+		uint32_t peers;
+		bool lines;
+	} cases[] = {
+		/* 12 x 32 KiB: 2D from one thread (36-37; lines 36-50 by run), lines from two or
+		 * more (49-51 against 38-39); 0 peers is taken as 1. */
+		{ 12, 32 * KiB, 1, false },
+		{ 12, 32 * KiB, 0, false },
+		{ 12, 32 * KiB, 2, true },
+		{ 12, 32 * KiB, 4, true },
+		{ 12, 32 * KiB, 8, true },
+		/* 12 x 16 KiB from one thread: 2D (29-30; lines 17-35 by run). */
+		{ 12, 16 * KiB, 1, false },
+		/* 12 x 8 KiB from one thread: 2D (20-21 against 17). */
+		{ 12, 8 * KiB, 1, false },
+		/* 64 x 8 KiB (32 layers) from four threads: 2D (41 against 19). */
+		{ 64, 8 * KiB, 4, false },
+		/* 64 x 32 KiB from one and from four threads: 2D (51; lines 52-53, within the
+		 * noise, so the steady 2D copy). */
+		{ 64, 32 * KiB, 1, false },
+		{ 64, 32 * KiB, 4, false },
+		/* A few lines are cheaper as batched copies than one 2D operation; one line
+		 * always is. */
+		{ 2, 8 * KiB, 1, true },
+		{ 4, 8 * KiB, 1, false },
+		{ 4, 8 * KiB, 4, true },
+		{ 1, 8 * KiB, 1, true },
+	};
 	struct shadow__copy_rect q;
 
-	/* 12 lines of 32 KiB: one 2D copy from one thread (36-37 GB/s; lines 36-50 by run),
-	 * lines from two or four (49-51 against 38-39). */
-	q = rect_of(12, 32 * KiB);
-	assert_false(shadow__copy_cuda_rect_as_lines(1, &q));
-	assert_false(shadow__copy_cuda_rect_as_lines(0, &q)); /* 0 peers is taken as 1 */
-	assert_true(shadow__copy_cuda_rect_as_lines(2, &q));
-	assert_true(shadow__copy_cuda_rect_as_lines(4, &q));
-	assert_true(shadow__copy_cuda_rect_as_lines(8, &q));
-	/* 12 lines of 16 KiB from one thread: one 2D copy (29-30; lines 17-35 by run). */
-	q = rect_of(12, 16 * KiB);
-	assert_false(shadow__copy_cuda_rect_as_lines(1, &q));
-	/* 12 lines of 8 KiB from one thread: one 2D copy (20-21 against 17). */
-	q = rect_of(12, 8 * KiB);
-	assert_false(shadow__copy_cuda_rect_as_lines(1, &q));
-	/* 64 lines of 8 KiB (32 layers) from four threads: one 2D copy (41 against 19). */
-	q = rect_of(64, 8 * KiB);
-	assert_false(shadow__copy_cuda_rect_as_lines(4, &q));
-	/* 64 lines of 32 KiB: 2D from one thread (51; lines 53) and from four (51; lines
-	 * 52-53): within the noise, so the steady 2D copy. */
-	q = rect_of(64, 32 * KiB);
-	assert_false(shadow__copy_cuda_rect_as_lines(1, &q));
-	assert_false(shadow__copy_cuda_rect_as_lines(4, &q));
-	/* A few lines: cheaper as batched copies than one 2D operation. */
-	q = rect_of(2, 8 * KiB);
-	assert_true(shadow__copy_cuda_rect_as_lines(1, &q));
-	q = rect_of(4, 8 * KiB);
-	assert_false(shadow__copy_cuda_rect_as_lines(1, &q));
-	assert_true(shadow__copy_cuda_rect_as_lines(4, &q));
-	/* One line is never worth a 2D operation. */
-	q = rect_of(1, 8 * KiB);
-	assert_true(shadow__copy_cuda_rect_as_lines(1, &q));
+	for (size_t i = 0; i < SHADOW_ARRAY_SIZE(cases); i++) {
+		q = rect_of(cases[i].height, cases[i].width);
+		if (shadow__copy_cuda_rect_as_lines(cases[i].peers, &q) != cases[i].lines)
+			fail_msg("%llu lines of %llu bytes from %u thread(s): want %s",
+				 (unsigned long long)cases[i].height,
+				 (unsigned long long)cases[i].width, cases[i].peers,
+				 cases[i].lines ? "lines" : "one 2D copy");
+	}
 	/* A pitch beyond what the 2D call takes: lines, whatever the shape. */
 	q = rect_of(64, 8 * KiB);
 	q.dst_pitch = (uint64_t)SHADOW_GPU_PITCH_MAX + 1;
